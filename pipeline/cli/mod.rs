@@ -1,0 +1,49 @@
+//! Command line: clap parses into low-level argument structs, each command
+//! validates them into a typed config and calls the library. `anyhow` lives
+//! only here, at the edge.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod generate;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cotforge",
+    version,
+    about = "Chain-of-thought training data from a GGUF model (Marco-o1 style MCTS)"
+)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `cotforge=debug`.
+    #[arg(long, global = true, env = "COTFORGE_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sample completions from a model and print them with their mean confidence.
+    Generate(generate::GenerateArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The engine: the narrow interface between cotforge and a language model.
+//!
+//! Everything above this module (search, recipes) sees sequences, tokens and
+//! per-token confidences, never llama.cpp types. Two implementations exist:
+//! [`llama::LlamaEngine`] (real model, feature `llama`) and
+//! [`scripted::ScriptedEngine`] (deterministic, no model, for fast tests).
+//!
+//! A sequence is a token list whose prefix is cached (evaluated, in the KV
+//! cache) and whose tail is *pending* (appended but not yet evaluated). A
+//! [`Engine::step`] evaluates the pending tail of every requested sequence in
+//! as few decode calls as possible and samples one new token per sequence; the
+//! sampled token becomes pending, so it is evaluated by the next step. This
+//! keeps one decode call per step for all active sequences, the way
+//! llama.cpp's own batched tools work.
+
+pub mod confidence;
+pub mod core;
+#[cfg(feature = "llama")]
+pub mod llama;
+pub mod sampling;
+pub mod scripted;
+
+use serde::{Deserialize, Serialize};
+
+pub use confidence::{confidence, top_k_logits, TOP_K};
+pub use core::{Backend, BatchEntry, Core, CoreLimits};
+pub use sampling::SamplingParams;
+pub use scripted::{ScriptedConfig, ScriptedEngine};
+
+/// A token id of the model's vocabulary.
+pub type Token = i32;
+
+/// Handle of a sequence owned by an engine. Handles are never reused while the
+/// sequence is alive; they are not llama.cpp seq ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeqId(pub u32);
+
+/// One generated (or teacher-forced) token with what the method needs from its logits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenOut {
+    pub token: Token,
+    /// The token's text bytes (may be a partial UTF-8 sequence for byte-level vocabularies).
+    pub piece: Vec<u8>,
+    /// The 5 largest raw logits at this position, largest first.
+    pub top: Vec<(Token, f32)>,
+    /// The raw logit of `token` itself (equal to one of `top` when it is in the top 5).
+    pub logit: f32,
+    /// `exp(logit) / sum_{top5} exp(l_k)`, in (0, 1].
+    pub confidence: f32,
+    /// True when the model's vocabulary marks this token as end of generation.
+    pub eog: bool,
+}
+
+/// What a caller asks of one sequence in a [`Engine::step`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRequest {
+    pub seq: SeqId,
+    pub sampling: SamplingParams,
+}
+
+/// Counters an engine keeps; cumulative since creation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineStats {
+    /// Tokens actually run through the model (prefill + decode + scoring).
+    pub tokens_evaluated: u64,
+    /// Tokens sampled by `step`.
+    pub tokens_sampled: u64,
+    /// Number of decode calls made.
+    pub decode_calls: u64,
+    /// For every decode call, how many distinct sequences it carried.
+    pub batch_sequences: Vec<u32>,
+    /// Seconds spent inside decode calls.
+    pub decode_seconds: f64,
+    /// Seconds spent in sampling and the confidence computation.
+    pub sample_seconds: f64,
+}
+
+/// Errors of the engine layer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model file {path}: {reason}")]
+    Model { path: String, reason: String },
+    #[error("no free sequence slot: all {max} are in use (release sequences or raise n_seq_max)")]
+    NoFreeSequence { max: usize },
+    #[error("unknown sequence {0:?}")]
+    UnknownSequence(SeqId),
+    #[error("sequence {seq:?} would reach position {pos}, beyond the context of {n_ctx} tokens")]
+    ContextFull {
+        seq: SeqId,
+        pos: usize,
+        n_ctx: usize,
+    },
+    #[error("sequence {0:?} has no pending token to sample from (append a prompt first)")]
+    NothingToSample(SeqId),
+    #[error("step asked for {asked} sequences, more than n_parallel = {max}")]
+    TooManySequences { asked: usize, max: usize },
+    #[error("sequence {0:?} appears twice in one step")]
+    DuplicateSequence(SeqId),
+    #[error("the KV cache has no room for this batch ({0}); release sequences or raise n_ctx")]
+    KvFull(String),
+    #[error("tokenizer: {0}")]
+    Tokenize(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("llama.cpp: {0}")]
+    Backend(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// A chat message for the template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The model interface every stage uses. Implementations are single-threaded
+/// owners of their context; parallelism comes from batching sequences.
+pub trait Engine {
+    /// A short name of the model (file stem for GGUF files).
+    fn model_name(&self) -> &str;
+    /// blake3 hex digest of the model file (or a fixed id for the scripted engine).
+    fn model_hash(&self) -> &str;
+    /// Context size in tokens (all sequences together, since the KV cache is unified).
+    fn n_ctx(&self) -> usize;
+    /// Most sequences one `step` may carry.
+    fn n_parallel(&self) -> usize;
+    /// Most sequences alive at once (the KV seq-id pool).
+    fn n_seq_max(&self) -> usize;
+
+    fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>>;
+    fn detokenize(&self, tokens: &[Token]) -> Result<String>;
+    /// Bytes of one token's text.
+    fn piece(&self, token: Token) -> Vec<u8>;
+    fn is_eog(&self, token: Token) -> bool;
+    /// Render messages with the model's chat template, opening the assistant turn.
+    fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String>;
+
+    /// A new, empty sequence.
+    fn new_sequence(&mut self) -> Result<SeqId>;
+    /// A new sequence sharing all of `parent`'s tokens (cached ones without re-evaluation).
+    fn fork(&mut self, parent: SeqId) -> Result<SeqId>;
+    /// Keep only the first `len` tokens of `seq` (cached or pending).
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<()>;
+    /// Free a sequence and its KV cells not shared with others.
+    fn release(&mut self, seq: SeqId) -> Result<()>;
+    /// Queue tokens at the end of `seq`; they are evaluated by the next step.
+    fn append(&mut self, seq: SeqId, tokens: &[Token]) -> Result<()>;
+    /// All tokens of `seq`: cached followed by pending.
+    fn tokens(&self, seq: SeqId) -> Result<&[Token]>;
+    /// How many leading tokens of `seq` are evaluated and cached.
+    fn cached_len(&self, seq: SeqId) -> Result<usize>;
+    /// Number of live sequences.
+    fn live_sequences(&self) -> usize;
+
+    /// Evaluate the pending tokens of each requested sequence and sample one
+    /// new token for each; the sampled token is appended as pending.
+    /// Results are in request order.
+    fn step(&mut self, requests: &[StepRequest]) -> Result<Vec<TokenOut>>;
+
+    /// Evaluate all pending tokens of `seq` without sampling (prefill).
+    fn evaluate(&mut self, seq: SeqId) -> Result<()>;
+
+    /// Teacher-forced scoring: the confidence of every token of `text` given
+    /// `context`, from forward passes with logits at every position.
+    /// `text` must be non-empty and `context` must hold at least one token.
+    fn score(&mut self, context: &[Token], text: &[Token]) -> Result<Vec<TokenOut>>;
+
+    fn stats(&self) -> &EngineStats;
+}
+
+/// Mean confidence over tokens; 0 for an empty slice.
+pub fn mean_confidence(tokens: &[TokenOut]) -> f64 {
+    if tokens.is_empty() {
+        return 0.0;
+    }
+    tokens.iter().map(|t| t.confidence as f64).sum::<f64>() / tokens.len() as f64
+}

