@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod engine;
 pub mod recipes;
+pub mod record;
 pub mod report;
 pub mod search;
 pub mod stages;

@@ -1,0 +1,108 @@
+//! The in-memory rows that flow between stages. `store` maps them to Arrow
+//! (the schemas in `schemas/` are the contract); every other module passes
+//! these structs around.
+
+use serde::{Deserialize, Serialize};
+
+/// The three recipes, each writing its own shard kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipe {
+    /// Teacher-forced scoring of an existing chain (Open-O1 style).
+    OpenO1,
+    /// MCTS synthesis with reflection (Marco style).
+    MarcoCot,
+    /// Best-of-n sampling on instructions.
+    Instruction,
+}
+
+impl Recipe {
+    pub const ALL: [Recipe; 3] = [Recipe::OpenO1, Recipe::MarcoCot, Recipe::Instruction];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recipe::OpenO1 => "open_o1",
+            Recipe::MarcoCot => "marco_cot",
+            Recipe::Instruction => "instruction",
+        }
+    }
+}
+
+impl std::fmt::Display for Recipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Recipe {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Recipe::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown recipe '{s}' (expected open_o1, marco_cot or instruction)")
+            })
+    }
+}
+
+/// One seed prompt (schemas/seeds.json).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Seed {
+    pub id: String,
+    pub prompt: String,
+    pub system: Option<String>,
+    pub reference_answer: Option<String>,
+    /// An already-written response (Open-O1 input), with or without tags.
+    pub response: Option<String>,
+    pub source: Option<String>,
+    pub lang: Option<String>,
+    /// Free-form JSON object as text.
+    pub meta: Option<String>,
+}
+
+/// One generated or scored chain (schemas/chains.json).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Chain {
+    /// Stable id: blake3 of seed id, recipe and chain path/index.
+    pub id: String,
+    pub seed_id: String,
+    pub recipe: Option<Recipe>,
+    pub system: Option<String>,
+    pub prompt: String,
+    /// Text inside `<Thought>…</Thought>`, tags not included. Empty for `instruction`.
+    pub reasoning: String,
+    /// Text inside `<Output>…</Output>`, tags not included.
+    pub answer: String,
+    /// Mean token confidence over the chain, in (0, 1].
+    pub reward: f64,
+    /// Mean confidence of each step (action) along the chain.
+    pub step_confidences: Vec<f64>,
+    /// Generated (or scored) tokens in the chain.
+    pub tokens: u32,
+    pub reflections: u32,
+    /// Against the seed's reference answer: Some(true/false), None when there is none.
+    pub verified: Option<bool>,
+    pub reference_answer: Option<String>,
+    pub model: String,
+    pub model_blake3: String,
+    /// Search / sampling settings as a JSON object text.
+    pub settings: String,
+    /// Unix seconds, fixed per job (job setting, SOURCE_DATE_EPOCH, or the
+    /// output directory's first run) so reruns are byte-identical.
+    pub created_at: i64,
+}
+
+/// A row that did not ship, with why (schemas/rejects.json).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Reject {
+    pub seed_id: String,
+    /// Set when a chain (not the seed itself) was rejected.
+    pub chain_id: Option<String>,
+    pub recipe: Option<Recipe>,
+    /// Which stage rejected it: `ingest`, `filter.reward`, `dedup`, ...
+    pub stage: String,
+    /// Human-readable reason, e.g. `reward 0.41 < 0.60`, `duplicate-of <id>`.
+    pub reason: String,
+    /// The rejected seed or chain as JSON text, so nothing is lost.
+    pub row: String,
+}
