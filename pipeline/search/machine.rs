@@ -61,6 +61,9 @@ enum Phase {
 
 #[derive(Debug, Clone)]
 struct Stream {
+    /// Index in its iteration, and nodes made so far: the creation key.
+    index: u32,
+    made: u32,
     start: NodeId,
     /// Deepest node this stream has created (or `start`).
     cur: NodeId,
@@ -373,6 +376,8 @@ impl TreeSearch {
         for j in 0..n as u64 {
             let s = derive_seed(base_seed, first_slot + j);
             self.streams.push(Stream {
+                index: j as u32,
+                made: 0,
                 start: x,
                 cur: x,
                 phase: Phase::Thought,
@@ -448,6 +453,12 @@ impl TreeSearch {
         }
     }
 
+    fn next_key(&mut self, i: usize) -> [u32; 3] {
+        let s = &mut self.streams[i];
+        s.made += 1;
+        [self.iterations, s.index, s.made]
+    }
+
     /// Turn the stream's pending action into a node under `cur`.
     fn seal(&mut self, i: usize) {
         let s = &mut self.streams[i];
@@ -458,7 +469,8 @@ impl TreeSearch {
         let conf = std::mem::take(&mut s.act_conf);
         let text = lossy(&std::mem::take(&mut s.act_bytes));
         let parent = s.cur;
-        let id = self.tree.add_child(parent, tokens, conf, text, false);
+        let key = self.next_key(i);
+        let id = self.tree.add_child(parent, tokens, conf, text, false, key);
         self.streams[i].cur = id;
     }
 
@@ -468,9 +480,10 @@ impl TreeSearch {
         let (start, cur) = (self.streams[i].start, self.streams[i].cur);
         // A stream that ended before writing anything still owns a chain: an empty action.
         let t = if cur == start {
+            let key = self.next_key(i);
             let id = self
                 .tree
-                .add_child(start, Vec::new(), Vec::new(), String::new(), false);
+                .add_child(start, Vec::new(), Vec::new(), String::new(), false, key);
             self.streams[i].cur = id;
             id
         } else {
@@ -576,7 +589,10 @@ impl TreeSearch {
                 )
             };
             let len = self.tree.node(t).path_len as usize;
-            let rid = self.tree.add_child(t, toks.clone(), Vec::new(), text, true);
+            let key = self.next_key(i);
+            let rid = self
+                .tree
+                .add_child(t, toks.clone(), Vec::new(), text, true, key);
             let s = &mut self.streams[i];
             s.cur = rid;
             s.phase = Phase::Thought;
@@ -660,6 +676,7 @@ impl TreeSearch {
             let v = self.rollout_value(start, t);
             self.tree.backprop(t, v);
         }
+        self.tree.sort_children();
         self.recompute_exhausted();
     }
 
@@ -687,7 +704,8 @@ impl TreeSearch {
         match self.cfg.select {
             SelectRule::HighestReward => {
                 let mut best: Option<(f64, NodeId)> = None;
-                for n in &self.tree.nodes {
+                for id in self.tree.canonical_order() {
+                    let n = self.tree.node(id);
                     if let Some(a) = &n.answer {
                         if best.is_none_or(|(r, _)| a.reward > r) {
                             best = Some((a.reward, n.id));
@@ -704,7 +722,7 @@ impl TreeSearch {
                         let (na, nb) = (self.tree.node(a), self.tree.node(b));
                         na.n.cmp(&nb.n)
                             .then(na.q().total_cmp(&nb.q()))
-                            .then(b.cmp(&a))
+                            .then(nb.key.cmp(&na.key))
                     });
                     let stop_here = node.answer.is_some()
                         && best.is_none_or(|b| node.own >= self.tree.node(b).n);
@@ -721,10 +739,20 @@ impl TreeSearch {
     /// `engine_tokens` and `resend_tokens` come from the driver's accounting.
     pub fn finish(self, engine_tokens: u64, resend_tokens: u64) -> TreeResult {
         let selected_node = self.selected();
+        // Export ids follow creation keys, so they do not depend on how the
+        // driver interleaved the streams.
+        let order = self.tree.canonical_order();
+        let mut remap = vec![NodeId(0); order.len()];
+        for (new, old) in order.iter().enumerate() {
+            remap[old.idx()] = NodeId(new as u32);
+        }
+        let re = |id: NodeId| remap[id.idx()];
+        let re_path = |p: Vec<NodeId>| p.into_iter().map(re).collect::<Vec<_>>();
         let mut chains: Vec<ChainResult> = Vec::new();
         let mut seen = std::collections::BTreeMap::new();
         let mut selected = None;
-        for n in &self.tree.nodes {
+        for &oid in &order {
+            let n = self.tree.node(oid);
             let Some(a) = &n.answer else { continue };
             let reasoning = self.reasoning(n.id);
             let key = (reasoning.clone(), a.text.clone());
@@ -743,8 +771,8 @@ impl TreeSearch {
                         .map(|&p| self.tree.node(p).confidences.len())
                         .sum();
                     chains.push(ChainResult {
-                        node: n.id,
-                        path,
+                        node: re(n.id),
+                        path: re_path(path),
                         reasoning,
                         answer: a.text.clone(),
                         reward: a.reward,
@@ -763,7 +791,9 @@ impl TreeSearch {
                 selected = Some(idx);
             }
         }
-        let best_path = selected_node.map(|t| self.tree.path(t)).unwrap_or_default();
+        let best_path = selected_node
+            .map(|t| re_path(self.tree.path(t)))
+            .unwrap_or_default();
         let distinct = self.tree.distinct_tokens(self.inj.close.len());
         let depth = self.tree.nodes.iter().map(|n| n.depth).max().unwrap_or(0);
         let stats = TreeStats {
@@ -777,14 +807,13 @@ impl TreeSearch {
             resend_tokens,
             stop: self.stop,
         };
-        let nodes = self
-            .tree
-            .nodes
+        let nodes = order
             .iter()
+            .map(|&id| self.tree.node(id))
             .map(|n| NodeExport {
-                id: n.id,
-                parent: n.parent,
-                children: n.children.clone(),
+                id: re(n.id),
+                parent: n.parent.map(re),
+                children: n.children.iter().map(|&c| re(c)).collect(),
                 text: n.text.clone(),
                 tokens: n.tokens.clone(),
                 confidences: n.confidences.clone(),

@@ -74,8 +74,9 @@ pub struct Node {
     pub reflection: bool,
     pub terminal: Option<TerminalCause>,
     pub answer: Option<Answer>,
-    /// Children created by sampling (counted against K).
-    pub sampled_children: u32,
+    /// Creation key (iteration, stream, n-th node of the stream): independent
+    /// of how streams interleave, so children and export order use it.
+    pub key: [u32; 3],
 }
 
 impl Node {
@@ -117,7 +118,7 @@ impl Tree {
                 reflection: false,
                 terminal: None,
                 answer: None,
-                sampled_children: 0,
+                key: [0, 0, 0],
             }],
         }
     }
@@ -146,6 +147,7 @@ impl Tree {
         confidences: Vec<f32>,
         text: String,
         reflection: bool,
+        key: [u32; 3],
     ) -> NodeId {
         let id = NodeId(self.nodes.len() as u32);
         let p = &self.nodes[parent.idx()];
@@ -178,11 +180,26 @@ impl Tree {
             reflection,
             terminal: None,
             answer: None,
-            sampled_children: 0,
+            key,
         };
         self.nodes.push(node);
         self.nodes[parent.idx()].children.push(id);
         id
+    }
+
+    /// Order every node's children by creation key (after streams interleaved).
+    pub fn sort_children(&mut self) {
+        let keys: Vec<[u32; 3]> = self.nodes.iter().map(|n| n.key).collect();
+        for n in &mut self.nodes {
+            n.children.sort_by_key(|c| keys[c.idx()]);
+        }
+    }
+
+    /// Node ids in canonical (creation key) order; parents precede children.
+    pub fn canonical_order(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        ids.sort_by_key(|id| self.nodes[id.idx()].key);
+        ids
     }
 
     /// Root-to-`id` path, root first.
