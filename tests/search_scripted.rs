@@ -158,3 +158,201 @@ fn kv_reuse_evaluates_about_the_distinct_tokens() {
         assert!(r.stats.resend_tokens > r.stats.engine_tokens_evaluated);
     }
 }
+
+#[test]
+fn every_step_is_full_while_trees_wait() {
+    let n_parallel = 4;
+    let mut e = engine(n_parallel, 48);
+    let cfg = SearchConfig {
+        max_rollouts: 6,
+        max_tree_tokens: 2000,
+        ..Default::default()
+    };
+    let (res, rep) = run(&mut e, &cfg, &DriverConfig::default(), &seeds(12));
+    assert_eq!(res.len(), 12);
+    assert_eq!(rep.steps.len() as u64, rep.decode_calls, "one decode call per step");
+    assert_eq!(
+        rep.steps.iter().map(|s| s.sequences).collect::<Vec<_>>(),
+        rep.batch_sequences
+    );
+    let mut full = 0;
+    for (i, s) in rep.steps.iter().enumerate() {
+        if s.queue_pending || s.active_trees as usize >= n_parallel {
+            assert!(
+                s.sequences as usize >= n_parallel,
+                "step {i}: {} sequences with {} active trees (queue pending: {})",
+                s.sequences,
+                s.active_trees,
+                s.queue_pending
+            );
+            full += 1;
+        }
+    }
+    // The property is not vacuous: most of the run is before the tail.
+    assert!(full * 2 > rep.steps.len(), "{full} of {}", rep.steps.len());
+    // Every sampled token went to exactly one tree.
+    let sampled: u64 = res.iter().map(|r| r.stats.tokens_sampled as u64).sum();
+    assert_eq!(sampled, rep.tokens_sampled);
+}
+
+fn reflections(r: &TreeResult) -> usize {
+    r.tree.nodes.iter().filter(|n| n.reflection).count()
+}
+
+fn run_with(cfg: SearchConfig, verifier: Arc<cotforge::search::Verifier>, s: &[Seed]) -> Vec<TreeResult> {
+    let mut e = engine(4, 32);
+    let trees = s
+        .iter()
+        .map(|x| TreeSearch::new(&e, x, &cfg, verifier.clone()).unwrap())
+        .collect();
+    run_many(&mut e, trees, &DriverConfig::default(), &mut |_, _| {})
+        .unwrap()
+        .0
+}
+
+fn policy(p: ReflectionPolicy, max: u32) -> SearchConfig {
+    let mut c = small_cfg();
+    c.reflection.policy = p;
+    c.reflection.max_per_chain = max;
+    c
+}
+
+#[test]
+fn reflection_policies() {
+    let s = seeds(2);
+    let yes: Arc<cotforge::search::Verifier> = Arc::new(|_: &str, _: &str| true);
+    let no: Arc<cotforge::search::Verifier> = Arc::new(|_: &str, _: &str| false);
+
+    // off: never.
+    for r in run_with(policy(ReflectionPolicy::Off, 3), no.clone(), &s) {
+        assert_eq!(reflections(&r), 0);
+    }
+    // on_wrong: only when the verifier says wrong, and only with a reference.
+    for r in run_with(policy(ReflectionPolicy::OnWrong, 1), yes.clone(), &s) {
+        assert_eq!(reflections(&r), 0);
+        assert!(r.chains.iter().all(|c| c.verified == Some(true)));
+    }
+    let wrong = run_with(policy(ReflectionPolicy::OnWrong, 1), no.clone(), &s);
+    for r in &wrong {
+        assert!(reflections(&r) > 0);
+        assert!(r.chains.iter().all(|c| c.reflections <= 1));
+        // The reflected chain contains the phrase at the end of the first thought.
+        let c = r.chains.iter().find(|c| c.reflections == 1).unwrap();
+        assert!(c.reasoning.contains("Wait! Maybe I made some mistakes! I need to rethink from scratch."));
+    }
+    let no_ref: Vec<Seed> = s
+        .iter()
+        .map(|x| Seed {
+            reference_answer: None,
+            ..x.clone()
+        })
+        .collect();
+    for r in run_with(policy(ReflectionPolicy::OnWrong, 1), no.clone(), &no_ref) {
+        assert_eq!(reflections(&r), 0);
+        assert!(r.chains.iter().all(|c| c.verified.is_none()));
+    }
+    // on_low_reward: by threshold.
+    let mut hi = policy(ReflectionPolicy::OnLowReward, 1);
+    hi.reflection.low_reward_threshold = 1.01;
+    for r in run_with(hi, yes.clone(), &s) {
+        assert!(reflections(&r) > 0);
+    }
+    let mut lo = policy(ReflectionPolicy::OnLowReward, 1);
+    lo.reflection.low_reward_threshold = 0.0;
+    for r in run_with(lo, no.clone(), &s) {
+        assert_eq!(reflections(&r), 0);
+    }
+    // always, bounded per chain.
+    for r in run_with(policy(ReflectionPolicy::Always, 2), yes.clone(), &s) {
+        assert!(r.chains.iter().any(|c| c.reflections == 2), "no chain reflected twice");
+        assert!(r.chains.iter().all(|c| c.reflections <= 2));
+    }
+}
+
+#[test]
+fn granularities_cut_actions_as_configured() {
+    let s = seeds(2);
+    for (g, len) in [
+        (Granularity::Token, 1usize),
+        (Granularity::MiniStep32, 32),
+        (Granularity::MiniStep64, 64),
+    ] {
+        let cfg = SearchConfig {
+            granularity: g,
+            max_depth: 200,
+            max_rollouts: 4,
+            ..small_cfg()
+        };
+        for r in run_with(cfg, default_verifier(), &s) {
+            assert!(!r.chains.is_empty());
+            for n in r.tree.nodes.iter().skip(1).filter(|n| !n.reflection) {
+                if n.terminal.is_none() {
+                    assert_eq!(n.tokens.len(), len, "{g}: inner node of {} tokens", n.tokens.len());
+                } else {
+                    assert!(n.tokens.len() <= len);
+                }
+            }
+        }
+    }
+    let cfg = SearchConfig {
+        step_max_tokens: 40,
+        ..small_cfg()
+    };
+    for r in run_with(cfg, default_verifier(), &s) {
+        for n in r.tree.nodes.iter().skip(1).filter(|n| !n.reflection && n.terminal.is_none()) {
+            assert!(
+                n.text.contains("\n\n") || n.tokens.len() == 40,
+                "step node {:?} neither delimited nor capped",
+                n.text
+            );
+        }
+    }
+}
+
+#[test]
+fn selection_rules_and_chain_rows() {
+    let s = seeds(2);
+    let hr = SearchConfig {
+        select: SelectRule::HighestReward,
+        ..small_cfg()
+    };
+    for r in run_with(hr, default_verifier(), &s) {
+        let best = r.chains.iter().map(|c| c.reward).fold(f64::MIN, f64::max);
+        assert_eq!(r.chains[r.selected.unwrap()].reward, best);
+    }
+    for (r, seed) in run_with(small_cfg(), default_verifier(), &s).iter().zip(&s) {
+        // most_visited: the selected chain follows the best path, and the path
+        // picks the most visited child at every level.
+        let sel = &r.chains[r.selected.unwrap()];
+        assert_eq!(sel.path, r.tree.best_path);
+        for w in sel.path.windows(2) {
+            let parent = &r.tree.nodes[w[0].0 as usize];
+            let max = parent.children.iter().map(|c| r.tree.nodes[c.0 as usize].n).max().unwrap();
+            assert_eq!(r.tree.nodes[w[1].0 as usize].n, max);
+        }
+        let rows = r.to_chains(seed, &cotforge::search::ChainMeta::default());
+        assert_eq!(rows.len(), r.chains.len());
+        let ids: BTreeSet<_> = rows.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(ids.len(), rows.len());
+        assert!(rows.iter().all(|c| c.reward > 0.0 && c.reward <= 1.0 && !c.reasoning.is_empty()));
+        // Distinct chains really are distinct.
+        let texts: BTreeSet<_> = r.chains.iter().map(|c| (&c.reasoning, &c.answer)).collect();
+        assert_eq!(texts.len(), r.chains.len());
+    }
+}
+
+#[test]
+fn early_stop_on_enough_chains() {
+    let cfg = SearchConfig {
+        early_stop_chains: 2,
+        max_rollouts: 30,
+        expand_k: 2,
+        ..small_cfg()
+    };
+    for r in run_with(cfg, default_verifier(), &seeds(2)) {
+        assert_eq!(r.stats.stop, Some(cotforge::search::StopReason::EnoughChains));
+        assert!(r.chains.len() >= 2);
+        assert!(r.stats.rollouts < 30);
+    }
+    let _ = NodeId::ROOT;
+}
