@@ -170,7 +170,11 @@ fn every_step_is_full_while_trees_wait() {
     };
     let (res, rep) = run(&mut e, &cfg, &DriverConfig::default(), &seeds(12));
     assert_eq!(res.len(), 12);
-    assert_eq!(rep.steps.len() as u64, rep.decode_calls, "one decode call per step");
+    assert_eq!(
+        rep.steps.len() as u64,
+        rep.decode_calls,
+        "one decode call per step"
+    );
     assert_eq!(
         rep.steps.iter().map(|s| s.sequences).collect::<Vec<_>>(),
         rep.batch_sequences
@@ -199,7 +203,11 @@ fn reflections(r: &TreeResult) -> usize {
     r.tree.nodes.iter().filter(|n| n.reflection).count()
 }
 
-fn run_with(cfg: SearchConfig, verifier: Arc<cotforge::search::Verifier>, s: &[Seed]) -> Vec<TreeResult> {
+fn run_with(
+    cfg: SearchConfig,
+    verifier: Arc<cotforge::search::Verifier>,
+    s: &[Seed],
+) -> Vec<TreeResult> {
     let mut e = engine(4, 32);
     let trees = s
         .iter()
@@ -234,11 +242,13 @@ fn reflection_policies() {
     }
     let wrong = run_with(policy(ReflectionPolicy::OnWrong, 1), no.clone(), &s);
     for r in &wrong {
-        assert!(reflections(&r) > 0);
+        assert!(reflections(r) > 0);
         assert!(r.chains.iter().all(|c| c.reflections <= 1));
         // The reflected chain contains the phrase at the end of the first thought.
         let c = r.chains.iter().find(|c| c.reflections == 1).unwrap();
-        assert!(c.reasoning.contains("Wait! Maybe I made some mistakes! I need to rethink from scratch."));
+        assert!(c
+            .reasoning
+            .contains("Wait! Maybe I made some mistakes! I need to rethink from scratch."));
     }
     let no_ref: Vec<Seed> = s
         .iter()
@@ -264,7 +274,10 @@ fn reflection_policies() {
     }
     // always, bounded per chain.
     for r in run_with(policy(ReflectionPolicy::Always, 2), yes.clone(), &s) {
-        assert!(r.chains.iter().any(|c| c.reflections == 2), "no chain reflected twice");
+        assert!(
+            r.chains.iter().any(|c| c.reflections == 2),
+            "no chain reflected twice"
+        );
         assert!(r.chains.iter().all(|c| c.reflections <= 2));
     }
 }
@@ -287,7 +300,12 @@ fn granularities_cut_actions_as_configured() {
             assert!(!r.chains.is_empty());
             for n in r.tree.nodes.iter().skip(1).filter(|n| !n.reflection) {
                 if n.terminal.is_none() {
-                    assert_eq!(n.tokens.len(), len, "{g}: inner node of {} tokens", n.tokens.len());
+                    assert_eq!(
+                        n.tokens.len(),
+                        len,
+                        "{g}: inner node of {} tokens",
+                        n.tokens.len()
+                    );
                 } else {
                     assert!(n.tokens.len() <= len);
                 }
@@ -299,7 +317,13 @@ fn granularities_cut_actions_as_configured() {
         ..small_cfg()
     };
     for r in run_with(cfg, default_verifier(), &s) {
-        for n in r.tree.nodes.iter().skip(1).filter(|n| !n.reflection && n.terminal.is_none()) {
+        for n in r
+            .tree
+            .nodes
+            .iter()
+            .skip(1)
+            .filter(|n| !n.reflection && n.terminal.is_none())
+        {
             assert!(
                 n.text.contains("\n\n") || n.tokens.len() == 40,
                 "step node {:?} neither delimited nor capped",
@@ -327,14 +351,21 @@ fn selection_rules_and_chain_rows() {
         assert_eq!(sel.path, r.tree.best_path);
         for w in sel.path.windows(2) {
             let parent = &r.tree.nodes[w[0].0 as usize];
-            let max = parent.children.iter().map(|c| r.tree.nodes[c.0 as usize].n).max().unwrap();
+            let max = parent
+                .children
+                .iter()
+                .map(|c| r.tree.nodes[c.0 as usize].n)
+                .max()
+                .unwrap();
             assert_eq!(r.tree.nodes[w[1].0 as usize].n, max);
         }
         let rows = r.to_chains(seed, &cotforge::search::ChainMeta::default());
         assert_eq!(rows.len(), r.chains.len());
         let ids: BTreeSet<_> = rows.iter().map(|c| c.id.clone()).collect();
         assert_eq!(ids.len(), rows.len());
-        assert!(rows.iter().all(|c| c.reward > 0.0 && c.reward <= 1.0 && !c.reasoning.is_empty()));
+        assert!(rows
+            .iter()
+            .all(|c| c.reward > 0.0 && c.reward <= 1.0 && !c.reasoning.is_empty()));
         // Distinct chains really are distinct.
         let texts: BTreeSet<_> = r.chains.iter().map(|c| (&c.reasoning, &c.answer)).collect();
         assert_eq!(texts.len(), r.chains.len());
@@ -350,9 +381,27 @@ fn early_stop_on_enough_chains() {
         ..small_cfg()
     };
     for r in run_with(cfg, default_verifier(), &seeds(2)) {
-        assert_eq!(r.stats.stop, Some(cotforge::search::StopReason::EnoughChains));
+        assert_eq!(
+            r.stats.stop,
+            Some(cotforge::search::StopReason::EnoughChains)
+        );
         assert!(r.chains.len() >= 2);
         assert!(r.stats.rollouts < 30);
     }
     let _ = NodeId::ROOT;
+}
+
+#[test]
+fn evicted_states_are_rebuilt_identically() {
+    let cfg = small_cfg();
+    let s = seeds(4);
+    let mut e1 = engine(2, 64);
+    let (a, ra) = run(&mut e1, &cfg, &DriverConfig::default(), &s);
+    let mut e2 = engine(2, 3);
+    let (b, rb) = run(&mut e2, &cfg, &DriverConfig::default(), &s);
+    assert_eq!(ra.evictions, 0);
+    assert!(rb.evictions > 0, "the small pool never evicted");
+    assert!(rb.tokens_evaluated > ra.tokens_evaluated);
+    same_json(&a, &b);
+    assert_eq!(e2.live_sequences(), 0);
 }

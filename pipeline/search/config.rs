@@ -56,7 +56,9 @@ impl std::str::FromStr for Granularity {
         .into_iter()
         .find(|g| g.as_str() == s)
         .ok_or_else(|| {
-            format!("unknown granularity '{s}' (expected step, mini-step-32, mini-step-64 or token)")
+            format!(
+                "unknown granularity '{s}' (expected step, mini-step-32, mini-step-64 or token)"
+            )
         })
     }
 }
@@ -289,7 +291,10 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         assert!(SearchConfig::from_toml("expand_kk = 3").is_err());
-        let c = SearchConfig::from_toml("granularity = \"mini-step-32\"\n[reflection]\npolicy = \"always\"").unwrap();
+        let c = SearchConfig::from_toml(
+            "granularity = \"mini-step-32\"\n[reflection]\npolicy = \"always\"",
+        )
+        .unwrap();
         assert_eq!(c.granularity, Granularity::MiniStep32);
         assert_eq!(c.reflection.policy, ReflectionPolicy::Always);
     }

@@ -161,7 +161,9 @@ impl TreeSearch {
         let text = engine.apply_chat_template(&msgs)? + &prompts.thought_open;
         let tokens = engine.tokenize(&text, true)?;
         if tokens.is_empty() {
-            return Err(SearchError::Config("the prompt tokenizes to nothing".into()));
+            return Err(SearchError::Config(
+                "the prompt tokenizes to nothing".into(),
+            ));
         }
         let glued_text = format!(
             "{}{}{}",
@@ -348,8 +350,8 @@ impl TreeSearch {
         };
         let c = &self.cfg;
         let node = self.tree.node(x);
-        let want = (self.k() - node.children.len())
-            .min((c.max_rollouts - self.rollouts) as usize) as u32;
+        let want =
+            (self.k() - node.children.len()).min((c.max_rollouts - self.rollouts) as usize) as u32;
         let remaining = c.max_tree_tokens - self.used;
         let min_allot = c.answer_max_tokens + 1;
         let n = want.min(remaining / min_allot);

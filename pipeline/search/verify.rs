@@ -11,8 +11,8 @@ pub fn last_number(text: &str) -> Option<f64> {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        let starts = b[i].is_ascii_digit()
-            || (b[i] == b'-' && i + 1 < b.len() && b[i + 1].is_ascii_digit());
+        let starts =
+            b[i].is_ascii_digit() || (b[i] == b'-' && i + 1 < b.len() && b[i + 1].is_ascii_digit());
         if !starts {
             i += 1;
             continue;
