@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod generate;
+pub mod search;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +27,10 @@ pub struct Cli {
 pub enum Command {
     /// Sample completions from a model and print them with their mean confidence.
     Generate(generate::GenerateArgs),
+    /// Run the confidence-guided MCTS over seeds (JSONL) and write chains and trees.
+    Search(search::SearchArgs),
+    /// Draw a search tree JSON in the terminal.
+    InspectTree(search::InspectTreeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -38,6 +43,8 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Search(a) => search::run(a),
+        Command::InspectTree(a) => search::inspect(a),
     };
     match result {
         Ok(code) => code,

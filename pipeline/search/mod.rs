@@ -14,6 +14,7 @@ pub mod driver;
 pub mod machine;
 pub mod prompts;
 pub mod result;
+pub mod seeds;
 pub mod tree;
 pub mod verify;
 
@@ -22,6 +23,7 @@ pub use driver::{run_many, DriverConfig, DriverReport, Progress, StepInfo};
 pub use machine::{Ctl, StreamId, StreamStart, TreeSearch};
 pub use prompts::SearchPrompts;
 pub use result::{ChainMeta, ChainResult, StopReason, TreeExport, TreeResult, TreeStats};
+pub use seeds::seeds_from_jsonl;
 pub use tree::{NodeId, TerminalCause, Tree};
 pub use verify::{numbers_match, Verifier};
 
