@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod engine_args;
 pub mod generate;
 
 #[derive(Debug, Parser)]

@@ -15,6 +15,7 @@
 
 pub mod confidence;
 pub mod core;
+pub mod generate;
 #[cfg(feature = "llama")]
 pub mod llama;
 pub mod sampling;
@@ -24,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use confidence::{confidence, top_k_logits, TOP_K};
 pub use core::{Backend, BatchEntry, Core, CoreLimits};
+#[cfg(feature = "llama")]
+pub use llama::{FlashAttn, LlamaConfig, LlamaEngine};
 pub use sampling::SamplingParams;
 pub use scripted::{ScriptedConfig, ScriptedEngine};
 
