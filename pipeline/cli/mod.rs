@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod engine_args;
 pub mod generate;
 
@@ -27,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Sample completions from a model and print them with their mean confidence.
     Generate(generate::GenerateArgs),
+    /// Benchmarks against llama.cpp's own tools (see scripts/bench.sh).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -39,6 +43,7 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Bench(c) => bench::run(c),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@
 //! keeps one decode call per step for all active sequences, the way
 //! llama.cpp's own batched tools work.
 
+pub mod bench;
 pub mod confidence;
 pub mod core;
 pub mod generate;
