@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+pub mod engine_args;
 pub mod generate;
 pub mod search;
 
@@ -31,6 +33,9 @@ pub enum Command {
     Search(search::SearchArgs),
     /// Draw a search tree JSON in the terminal.
     InspectTree(search::InspectTreeArgs),
+    /// Benchmarks against llama.cpp's own tools (see scripts/bench.sh).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -45,6 +50,7 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Search(a) => search::run(a),
         Command::InspectTree(a) => search::inspect(a),
+        Command::Bench(c) => bench::run(c),
     };
     match result {
         Ok(code) => code,

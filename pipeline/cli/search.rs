@@ -6,28 +6,20 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::{CoreLimits, Engine, ScriptedConfig, ScriptedEngine};
+use super::engine_args::EngineArgs;
+use crate::engine::Engine;
 use crate::search::{
     default_verifier, run_many, seeds_from_jsonl, ChainMeta, DriverConfig, Granularity,
     ReflectionPolicy, SearchConfig, SelectRule, TreeExport, TreeResult, TreeSearch,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EngineKind {
-    /// llama.cpp over a GGUF file (feature `llama`).
-    Llama,
-    /// The deterministic scripted engine (no model; for trying the pipeline).
-    Scripted,
-}
-
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// GGUF model file (required for `--engine llama`).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Seeds as JSONL: `id`, `prompt` or `question`, optional `reference_answer` or `answer`.
     #[arg(long)]
     pub seeds: PathBuf,
@@ -37,8 +29,6 @@ pub struct SearchArgs {
     /// Action granularity: step, mini-step-32, mini-step-64, token.
     #[arg(long)]
     pub granularity: Option<Granularity>,
-    #[arg(long, value_enum, default_value_t = EngineKind::Llama)]
-    pub engine: EngineKind,
     /// Rollouts per tree.
     #[arg(long)]
     pub rollouts: Option<u32>,
@@ -59,19 +49,6 @@ pub struct SearchArgs {
     /// Root seed of all sampling.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Sequences per decode call.
-    #[arg(long, default_value_t = 8)]
-    pub n_parallel: usize,
-    /// KV sequence pool (running streams + cached tree states).
-    #[arg(long, default_value_t = 32)]
-    pub n_seq_max: usize,
-    /// KV cache size in tokens, all sequences together.
-    #[arg(long, default_value_t = 16384)]
-    pub n_ctx: usize,
-    #[arg(long, default_value_t = 2048)]
-    pub n_batch: usize,
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
     /// Only the first N seeds.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -153,47 +130,6 @@ fn file_stem(id: &str) -> String {
     }
 }
 
-fn open_engine(a: &SearchArgs) -> anyhow::Result<Box<dyn Engine>> {
-    match a.engine {
-        EngineKind::Scripted => Ok(Box::new(ScriptedEngine::scripted(
-            ScriptedConfig::default(),
-            CoreLimits {
-                n_ctx: a.n_ctx,
-                n_batch: a.n_batch,
-                n_parallel: a.n_parallel,
-                n_seq_max: a.n_seq_max,
-            },
-        ))),
-        EngineKind::Llama => open_llama(a),
-    }
-}
-
-#[cfg(feature = "llama")]
-fn open_llama(a: &SearchArgs) -> anyhow::Result<Box<dyn Engine>> {
-    use crate::engine::llama::{LlamaConfig, LlamaEngine};
-    let Some(model) = a.model.clone() else {
-        bail!("--engine llama needs --model PATH (a GGUF file)");
-    };
-    let cfg = LlamaConfig {
-        model,
-        n_ctx: a.n_ctx as _,
-        n_batch: a.n_batch as _,
-        n_parallel: a.n_parallel as _,
-        n_seq_max: a.n_seq_max as _,
-        threads: a.threads as _,
-        ..Default::default()
-    };
-    let e = LlamaEngine::load(&cfg).context("loading the model")?;
-    Ok(Box::new(e))
-}
-
-#[cfg(not(feature = "llama"))]
-fn open_llama(_a: &SearchArgs) -> anyhow::Result<Box<dyn Engine>> {
-    bail!(
-        "this build has no llama.cpp engine (built without feature `llama`); use --engine scripted"
-    )
-}
-
 pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     let cfg = search_config(&a)?;
     let text = std::fs::read_to_string(&a.seeds)
@@ -205,7 +141,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     if seeds.is_empty() {
         bail!("no seeds in {}", a.seeds.display());
     }
-    let mut engine = open_engine(&a)?;
+    let mut engine = a.engine.build()?;
     let trees_dir = a.out.join("trees");
     std::fs::create_dir_all(&trees_dir)
         .with_context(|| format!("creating {}", trees_dir.display()))?;
@@ -229,7 +165,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     bar.set_message("starting");
     let mut write_err: Option<anyhow::Error> = None;
     let dcfg = DriverConfig {
-        max_batch_tokens: a.n_batch,
+        max_batch_tokens: a.engine.n_batch,
         ..Default::default()
     };
     let (results, report) = run_many(engine.as_mut(), trees, &dcfg, &mut |r, p| {
@@ -401,6 +337,7 @@ pub fn inspect(a: InspectTreeArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{CoreLimits, ScriptedConfig, ScriptedEngine};
     use crate::record::Seed;
 
     #[test]

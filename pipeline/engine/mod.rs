@@ -13,8 +13,10 @@
 //! keeps one decode call per step for all active sequences, the way
 //! llama.cpp's own batched tools work.
 
+pub mod bench;
 pub mod confidence;
 pub mod core;
+pub mod generate;
 #[cfg(feature = "llama")]
 pub mod llama;
 pub mod sampling;
@@ -24,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use confidence::{confidence, top_k_logits, TOP_K};
 pub use core::{Backend, BatchEntry, Core, CoreLimits};
+#[cfg(feature = "llama")]
+pub use llama::{FlashAttn, LlamaConfig, LlamaEngine};
 pub use sampling::SamplingParams;
 pub use scripted::{ScriptedConfig, ScriptedEngine};
 
