@@ -405,3 +405,66 @@ fn evicted_states_are_rebuilt_identically() {
     same_json(&a, &b);
     assert_eq!(e2.live_sequences(), 0);
 }
+
+#[test]
+fn early_stop_on_best_child_share() {
+    // Two children under the root: the better one always holds half the visits.
+    let cfg = SearchConfig {
+        expand_k: 2,
+        early_stop_share: 0.5,
+        early_stop_min_visits: 3,
+        max_rollouts: 20,
+        ..small_cfg()
+    };
+    for r in run_with(cfg, default_verifier(), &seeds(2)) {
+        assert_eq!(
+            r.stats.stop,
+            Some(cotforge::search::StopReason::BestChildShare)
+        );
+        assert!(r.tree.nodes[0].n >= 3 && r.stats.rollouts < 20);
+    }
+}
+
+#[test]
+fn budgets_stop_the_tree() {
+    let cfg = SearchConfig {
+        max_rollouts: 50,
+        max_tree_tokens: 400,
+        answer_max_tokens: 16,
+        ..small_cfg()
+    };
+    for r in run_with(cfg, default_verifier(), &seeds(2)) {
+        assert_eq!(
+            r.stats.stop,
+            Some(cotforge::search::StopReason::TokenBudget)
+        );
+        assert!(r.stats.tokens_sampled <= 400);
+        assert!(
+            r.stats.tokens_sampled > 400 - 17,
+            "budget left unused: {}",
+            r.stats.tokens_sampled
+        );
+    }
+}
+
+#[test]
+fn a_small_kv_cache_swaps_streams_out_and_changes_nothing() {
+    let cfg = small_cfg();
+    let s = seeds(6);
+    let mut big = engine(4, 64);
+    let (a, ra) = run(&mut big, &cfg, &DriverConfig::default(), &s);
+    assert_eq!(ra.parks, 0);
+    let mut small = ScriptedEngine::scripted(
+        ScriptedConfig::default(),
+        CoreLimits {
+            n_ctx: 1200,
+            n_batch: 1 << 16,
+            n_parallel: 4,
+            n_seq_max: 64,
+        },
+    );
+    let (b, rb) = run(&mut small, &cfg, &DriverConfig::default(), &s);
+    assert!(rb.parks > 0, "the small cache never ran out");
+    same_json(&a, &b);
+    assert_eq!(small.live_sequences(), 0);
+}

@@ -79,6 +79,8 @@ pub struct DriverReport {
     pub forks: u64,
     pub fresh_sequences: u64,
     pub evictions: u64,
+    /// Streams swapped out because the KV cells ran out (rebuilt later).
+    pub parks: u64,
 }
 
 /// Progress after each finished tree.
@@ -98,6 +100,15 @@ struct Running {
     covers: Vec<(NodeId, usize)>,
     last_step: u64,
     order: u64,
+}
+
+struct Parked {
+    tree: usize,
+    stream: StreamId,
+    covers: Vec<(NodeId, usize)>,
+    tokens: Vec<crate::engine::Token>,
+    /// `finishes` when parked: rebuilt only after some stream finished.
+    finishes_at: u64,
 }
 
 struct Cached {
@@ -128,7 +139,13 @@ struct Driver<'a> {
     active: Vec<usize>,
     waiting: Vec<(usize, StreamStart)>,
     running: Vec<Running>,
+    parked: Vec<Parked>,
     cache: Vec<Cached>,
+    /// Activation rank of each tree (lower = older).
+    activation: Vec<usize>,
+    /// Streams finished so far.
+    finishes: u64,
+    n_activated: usize,
     tick: u64,
     order: u64,
     report: DriverReport,
@@ -156,7 +173,11 @@ pub fn run_many(
         active: Vec::new(),
         waiting: Vec::new(),
         running: Vec::new(),
+        parked: Vec::new(),
         cache: Vec::new(),
+        activation: vec![usize::MAX; n],
+        finishes: 0,
+        n_activated: 0,
         tick: 0,
         order: 0,
         report: DriverReport {
@@ -205,6 +226,12 @@ impl Driver<'_> {
             self.materialize()?;
             // Fill the step: activate trees until enough streams run.
             while self.running.len() < self.engine.n_parallel()
+                && self.parked.is_empty()
+                && self
+                    .engine
+                    .live_sequences()
+                    .saturating_sub(self.cache.len())
+                    < self.engine.n_seq_max()
                 && self
                     .cfg
                     .max_active_trees
@@ -213,13 +240,33 @@ impl Driver<'_> {
                 let Some(t) = self.queue.pop_front() else {
                     break;
                 };
+                self.activation[t] = self.n_activated;
+                self.n_activated += 1;
                 self.active.push(t);
                 self.poll_active(base, t0, on_done)?;
                 self.materialize()?;
             }
             if self.running.is_empty() {
-                if self.waiting.is_empty() && self.active.is_empty() && self.queue.is_empty() {
+                if self.waiting.is_empty()
+                    && self.parked.is_empty()
+                    && self.active.is_empty()
+                    && self.queue.is_empty()
+                {
                     return Ok(());
+                }
+                if !self.parked.is_empty() {
+                    // Nothing runs: the parked streams fit now (or never will).
+                    for p in &mut self.parked {
+                        p.finishes_at = 0;
+                    }
+                    self.finishes = self.finishes.max(1);
+                    self.unpark()?;
+                    if self.running.is_empty() {
+                        return Err(SearchError::Pool(
+                            "a parked stream cannot be rebuilt: no free sequence".into(),
+                        ));
+                    }
+                    continue;
                 }
                 if !self.waiting.is_empty() {
                     // Nothing runs, yet starts wait: free every cached sequence and retry once.
@@ -251,6 +298,7 @@ impl Driver<'_> {
         while i < self.active.len() {
             let t = self.active[i];
             let busy = self.running.iter().any(|r| r.tree == t)
+                || self.parked.iter().any(|p| p.tree == t)
                 || self.waiting.iter().any(|(w, _)| *w == t);
             if busy {
                 i += 1;
@@ -371,8 +419,61 @@ impl Driver<'_> {
         Ok(None)
     }
 
+    /// Swap out the running stream of the most recently activated tree: keep
+    /// its tokens, free its sequence and KV cells. It is rebuilt later.
+    fn park_newest(&mut self) -> Result<(), SearchError> {
+        let Some(i) = (0..self.running.len())
+            .max_by_key(|&i| (self.activation[self.running[i].tree], self.running[i].order))
+        else {
+            return Ok(());
+        };
+        let r = self.running.remove(i);
+        let tokens = self.engine.tokens(r.seq)?.to_vec();
+        self.engine.release(r.seq)?;
+        self.report.parks += 1;
+        self.parked.push(Parked {
+            tree: r.tree,
+            stream: r.stream,
+            covers: r.covers,
+            tokens,
+            finishes_at: self.finishes,
+        });
+        Ok(())
+    }
+
+    /// Rebuild parked streams once some stream finished since they were parked.
+    fn unpark(&mut self) -> Result<(), SearchError> {
+        self.parked.sort_by_key(|p| self.activation[p.tree]);
+        let parked = std::mem::take(&mut self.parked);
+        for p in parked {
+            if p.finishes_at >= self.finishes {
+                self.parked.push(p);
+                continue;
+            }
+            let room =
+                self.engine.live_sequences() < self.engine.n_seq_max() || self.evict_lru(None)?;
+            if !room {
+                self.parked.push(p);
+                continue;
+            }
+            let seq = self.engine.new_sequence()?;
+            self.engine.append(seq, &p.tokens)?;
+            self.order += 1;
+            self.running.push(Running {
+                tree: p.tree,
+                stream: p.stream,
+                seq,
+                covers: p.covers,
+                last_step: 0,
+                order: self.order,
+            });
+        }
+        Ok(())
+    }
+
     /// Give waiting starts a sequence where possible.
     fn materialize(&mut self) -> Result<(), SearchError> {
+        self.unpark()?;
         let waiting = std::mem::take(&mut self.waiting);
         for (t, start) in waiting {
             if !self.try_start(t, &start)? {
@@ -524,9 +625,16 @@ impl Driver<'_> {
                     break o;
                 }
                 Err(EngineError::KvFull(msg)) => {
-                    if !self.evict_lru(None)? {
+                    if self.evict_lru(None)? {
+                        continue;
+                    }
+                    // Nothing cached is left to drop: swap out the newest tree's
+                    // stream and let the others finish first.
+                    if self.running.len() <= 1 {
                         return Err(SearchError::Engine(EngineError::KvFull(msg)));
                     }
+                    self.park_newest()?;
+                    return Ok(());
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -558,6 +666,7 @@ impl Driver<'_> {
                 }
                 Ctl::Finish { covers } => {
                     finished.push(i);
+                    self.finishes += 1;
                     let keep = self.cfg.max_cached.is_none_or(|m| m > 0) && !covers.is_empty();
                     if keep {
                         self.cache.push(Cached {
