@@ -180,6 +180,10 @@ pub trait Engine {
     /// `text` must be non-empty and `context` must hold at least one token.
     fn score(&mut self, context: &[Token], text: &[Token]) -> Result<Vec<TokenOut>>;
 
+    /// [`Engine::score`] for many `(context, text)` pairs, packed into shared
+    /// decode calls. Results are in input order.
+    fn score_many(&mut self, items: &[(&[Token], &[Token])]) -> Result<Vec<Vec<TokenOut>>>;
+
     fn stats(&self) -> &EngineStats;
 }
 
