@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod generate;
+pub mod store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +27,15 @@ pub struct Cli {
 pub enum Command {
     /// Sample completions from a model and print them with their mean confidence.
     Generate(generate::GenerateArgs),
+    /// Seed sets: `seeds import` converts JSON/JSONL to seed Parquet.
+    Seeds(store::SeedsArgs),
+    /// Per-shard state of a job directory: pending, running, done, corrupt.
+    Status(store::StatusArgs),
+    /// Re-check the blake3 of every committed file; exit 2 on any mismatch.
+    Verify(store::VerifyArgs),
+    /// Run one shard with the scripted engine (tests and wiring example).
+    #[command(hide = true)]
+    ShardWorker(store::ShardWorkerArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -38,6 +48,10 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Seeds(a) => store::run_seeds(a),
+        Command::Status(a) => store::run_status(a),
+        Command::Verify(a) => store::run_verify(a),
+        Command::ShardWorker(a) => store::run_shard_worker(a),
     };
     match result {
         Ok(code) => code,
