@@ -380,6 +380,16 @@ impl Processor for ScriptedProcessor {
 pub fn run_shard_worker(a: ShardWorkerArgs) -> anyhow::Result<ExitCode> {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let shard = resolve_shard(a.shard_index, a.num_shards, &env)?;
+    // Every input is checked before anything is written.
+    let ingest = Ingest::open(
+        &a.seeds,
+        IngestOptions {
+            max_prompt_chars: a.max_prompt_chars,
+            max_prompt_bytes: a.max_prompt_bytes,
+            shard: Some(shard),
+            ..IngestOptions::default()
+        },
+    )?;
     let created_at = job_created_at(&a.out, a.created_at)?;
     let settings = serde_json::json!({
         "engine": "scripted", "temperature": 0.7, "top_p": 0.9,
@@ -398,15 +408,6 @@ pub fn run_shard_worker(a: ShardWorkerArgs) -> anyhow::Result<ExitCode> {
     opts.write.row_group_rows = a.row_group_rows;
     opts.fingerprint = fp.finalize().to_hex().to_string();
     opts.progress = a.progress;
-    let ingest = Ingest::open(
-        &a.seeds,
-        IngestOptions {
-            max_prompt_chars: a.max_prompt_chars,
-            max_prompt_bytes: a.max_prompt_bytes,
-            shard: Some(shard),
-            ..IngestOptions::default()
-        },
-    )?;
     let mut processor = ScriptedProcessor {
         engine: ScriptedEngine::scripted(
             ScriptedConfig::default(),
