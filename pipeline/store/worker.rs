@@ -164,7 +164,33 @@ where
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let result = process_input(opts, &paths, seeds, processor, &mut journal, &done, &bar);
+    // Keep every finished result, also when the input or the processor failed.
+    let flushed = journal.flush();
+    result?;
+    flushed?;
+    drop(journal);
+    bar.finish_and_clear();
+    let out = finish(opts, &paths)?;
+    Ok(ShardOutcome { resumed, ..out })
+}
+
+/// Feed this shard's not-yet-journaled rows to the processor, journaling results.
+fn process_input<I, P>(
+    opts: &ShardOptions,
+    paths: &ShardPaths,
+    seeds: I,
+    processor: &mut P,
+    journal: &mut Journal,
+    done: &HashMap<u64, String>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()>
+where
+    I: IntoIterator<Item = Result<IngestItem>>,
+    P: Processor + ?Sized,
+{
     let mut batch: Vec<(u64, Seed)> = Vec::with_capacity(opts.batch_seeds.max(1));
+    let batch = &mut batch;
     for item in seeds {
         let item = item?;
         if !opts.shard.owns(item.seed_id()) {
@@ -194,18 +220,14 @@ where
             IngestRow::Seed(s) => {
                 batch.push((item.ordinal, s));
                 if batch.len() >= opts.batch_seeds.max(1) {
-                    run_batch(&mut batch, processor, &mut journal)?;
+                    run_batch(batch, processor, journal)?;
                 }
             }
         }
         bar.inc(1);
     }
-    run_batch(&mut batch, processor, &mut journal)?;
-    journal.flush()?;
-    drop(journal);
-    bar.finish_and_clear();
-    let out = finish(opts, &paths)?;
-    Ok(ShardOutcome { resumed, ..out })
+    run_batch(batch, processor, journal)?;
+    Ok(())
 }
 
 fn run_batch<P: Processor + ?Sized>(
