@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod engine_args;
 pub mod generate;
+pub mod store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +32,15 @@ pub enum Command {
     /// Benchmarks against llama.cpp's own tools (see scripts/bench.sh).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Seed sets: `seeds import` converts JSON/JSONL to seed Parquet.
+    Seeds(store::SeedsArgs),
+    /// Per-shard state of a job directory: pending, running, done, corrupt.
+    Status(store::StatusArgs),
+    /// Re-check the blake3 of every committed file; exit 2 on any mismatch.
+    Verify(store::VerifyArgs),
+    /// Run one shard with the scripted engine (tests and wiring example).
+    #[command(hide = true)]
+    ShardWorker(store::ShardWorkerArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -44,6 +54,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Bench(c) => bench::run(c),
+        Command::Seeds(a) => store::run_seeds(a),
+        Command::Status(a) => store::run_status(a),
+        Command::Verify(a) => store::run_verify(a),
+        Command::ShardWorker(a) => store::run_shard_worker(a),
     };
     match result {
         Ok(code) => code,
