@@ -1,1 +1,3 @@
-//! report (see DESIGN.md).
+//! report: stats and the HTML report over an output directory.
+
+pub mod io;
