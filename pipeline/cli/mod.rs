@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod export;
 pub mod generate;
 
 #[derive(Debug, Parser)]
@@ -26,6 +27,12 @@ pub struct Cli {
 pub enum Command {
     /// Sample completions from a model and print them with their mean confidence.
     Generate(generate::GenerateArgs),
+    /// Export chains as SFT data in the Hugging Face layout.
+    Export(export::ExportArgs),
+    /// Print a summary table of an output directory.
+    Stats(export::StatsArgs),
+    /// Write a self-contained HTML report of an output directory.
+    Report(export::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -38,6 +45,9 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Export(a) => export::run_export(a),
+        Command::Stats(a) => export::run_stats(a),
+        Command::Report(a) => export::run_report(a),
     };
     match result {
         Ok(code) => code,
