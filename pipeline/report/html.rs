@@ -52,7 +52,8 @@ fn fmt_num(v: f64) -> String {
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")
     } else {
-        format!("{v:.2}")
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
