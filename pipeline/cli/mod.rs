@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod engine_args;
+pub mod export;
 pub mod generate;
 pub mod store;
 
@@ -41,6 +42,12 @@ pub enum Command {
     /// Run one shard with the scripted engine (tests and wiring example).
     #[command(hide = true)]
     ShardWorker(store::ShardWorkerArgs),
+    /// Export chains as SFT data in the Hugging Face layout.
+    Export(export::ExportArgs),
+    /// Print a summary table of an output directory.
+    Stats(export::StatsArgs),
+    /// Write a self-contained HTML report of an output directory.
+    Report(export::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -58,6 +65,9 @@ pub fn main() -> ExitCode {
         Command::Status(a) => store::run_status(a),
         Command::Verify(a) => store::run_verify(a),
         Command::ShardWorker(a) => store::run_shard_worker(a),
+        Command::Export(a) => export::run_export(a),
+        Command::Stats(a) => export::run_stats(a),
+        Command::Report(a) => export::run_report(a),
     };
     match result {
         Ok(code) => code,
