@@ -10,6 +10,7 @@ pub mod bench;
 pub mod engine_args;
 pub mod export;
 pub mod generate;
+pub mod search;
 pub mod store;
 
 #[derive(Debug, Parser)]
@@ -30,6 +31,10 @@ pub struct Cli {
 pub enum Command {
     /// Sample completions from a model and print them with their mean confidence.
     Generate(generate::GenerateArgs),
+    /// Run the confidence-guided MCTS over seeds (JSONL) and write chains and trees.
+    Search(search::SearchArgs),
+    /// Draw a search tree JSON in the terminal.
+    InspectTree(search::InspectTreeArgs),
     /// Benchmarks against llama.cpp's own tools (see scripts/bench.sh).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -60,6 +65,8 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Search(a) => search::run(a),
+        Command::InspectTree(a) => search::inspect(a),
         Command::Bench(c) => bench::run(c),
         Command::Seeds(a) => store::run_seeds(a),
         Command::Status(a) => store::run_status(a),

@@ -448,7 +448,8 @@ impl<B: Backend> Engine for Core<B> {
 
     fn score(&mut self, context: &[Token], text: &[Token]) -> Result<Vec<TokenOut>> {
         let mut out = self.score_many(&[(context, text)])?;
-        out.pop().ok_or_else(|| EngineError::Backend("score returned nothing".into()))
+        out.pop()
+            .ok_or_else(|| EngineError::Backend("score returned nothing".into()))
     }
 
     fn score_many(&mut self, items: &[(&[Token], &[Token])]) -> Result<Vec<Vec<TokenOut>>> {
@@ -466,7 +467,10 @@ impl<B: Backend> Engine for Core<B> {
                 });
             }
         }
-        let mut results: Vec<Vec<Scored>> = items.iter().map(|(_, t)| Vec::with_capacity(t.len())).collect();
+        let mut results: Vec<Vec<Scored>> = items
+            .iter()
+            .map(|(_, t)| Vec::with_capacity(t.len()))
+            .collect();
         let mut next = 0;
         while next < items.len() {
             // A group: as many items as free slots, parallel width and KV cells allow (at least one).
@@ -493,14 +497,22 @@ impl<B: Backend> Engine for Core<B> {
                 let ids: Vec<SeqId> = seqs.iter().map(|&(s, _)| s).collect();
                 for mut batch in self.plan(&ids, false)? {
                     for (seq, e) in batch.iter_mut() {
-                        let i = seqs.iter().find(|(s, _)| s == seq).map(|&(_, i)| i).unwrap_or(0);
+                        let i = seqs
+                            .iter()
+                            .find(|(s, _)| s == seq)
+                            .map(|&(_, i)| i)
+                            .unwrap_or(0);
                         let (c, t) = items[i];
                         let p = e.pos as usize;
                         // Logits at position p predict token p + 1: the text's tokens.
                         e.logits = p + 1 >= c.len() && p + 1 < c.len() + t.len();
                     }
                     self.run_batch(&batch, &mut |seq, logits| {
-                        let i = seqs.iter().find(|(s, _)| *s == seq).map(|&(_, i)| i).unwrap_or(0);
+                        let i = seqs
+                            .iter()
+                            .find(|(s, _)| *s == seq)
+                            .map(|&(_, i)| i)
+                            .unwrap_or(0);
                         let k = results[i].len();
                         let tok = items[i].1[k];
                         results[i].push(Scored::new(tok, logits));

@@ -6,7 +6,8 @@
 use std::collections::VecDeque;
 
 use super::{
-    mean_confidence, sampling::derive_seed, Engine, Result, SamplingParams, SeqId, StepRequest, Token, TokenOut,
+    mean_confidence, sampling::derive_seed, Engine, Result, SamplingParams, SeqId, StepRequest,
+    Token, TokenOut,
 };
 
 /// When to stop one completion.
@@ -54,17 +55,25 @@ pub fn sample_batch(
     let mut results: Vec<Vec<Option<Completion>>> = jobs.iter().map(|j| vec![None; j.n]).collect();
     // Pending work: (job, completion index). Roots are created lazily, and
     // released once their last completion has been forked.
-    let mut queue: VecDeque<(usize, usize)> =
-        jobs.iter().enumerate().flat_map(|(j, job)| (0..job.n).map(move |i| (j, i))).collect();
+    let mut queue: VecDeque<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| (0..job.n).map(move |i| (j, i)))
+        .collect();
     let mut roots: Vec<Option<SeqId>> = vec![None; jobs.len()];
     let mut forks_left: Vec<usize> = jobs.iter().map(|j| j.n).collect();
     let mut live: Vec<Live> = Vec::new();
     // One slot is kept for a root while forks are live.
-    let width = engine.n_parallel().min(engine.n_seq_max().saturating_sub(1)).max(1);
+    let width = engine
+        .n_parallel()
+        .min(engine.n_seq_max().saturating_sub(1))
+        .max(1);
     let run = (|| {
         loop {
             while live.len() < width {
-                let Some((j, i)) = queue.pop_front() else { break };
+                let Some((j, i)) = queue.pop_front() else {
+                    break;
+                };
                 let root = match roots[j] {
                     Some(r) => r,
                     None => {
@@ -81,7 +90,13 @@ pub fn sample_batch(
                     engine.release(root)?;
                     roots[j] = None;
                 }
-                live.push(Live { job: j, index: i, seq, tokens: Vec::new(), bytes: Vec::new() });
+                live.push(Live {
+                    job: j,
+                    index: i,
+                    seq,
+                    tokens: Vec::new(),
+                    bytes: Vec::new(),
+                });
             }
             if live.is_empty() {
                 break;
@@ -90,7 +105,10 @@ pub fn sample_batch(
                 .iter()
                 .map(|l| StepRequest {
                     seq: l.seq,
-                    sampling: SamplingParams { seed: derive_seed(jobs[l.job].seed, l.index as u64), ..params },
+                    sampling: SamplingParams {
+                        seed: derive_seed(jobs[l.job].seed, l.index as u64),
+                        ..params
+                    },
                 })
                 .collect();
             let outs = engine.step(&reqs)?;
@@ -137,7 +155,10 @@ pub fn sample_batch(
         }
     }
     run?;
-    Ok(results.into_iter().map(|r| r.into_iter().flatten().collect()).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| r.into_iter().flatten().collect())
+        .collect())
 }
 
 /// `n` completions of one prompt.
@@ -148,6 +169,12 @@ pub fn sample_n(
     params: SamplingParams,
     rule: &StopRule,
 ) -> Result<Vec<Completion>> {
-    let job = SampleJob { prompt: prompt_tokens.to_vec(), n, seed: params.seed };
-    Ok(sample_batch(engine, &[job], params, rule)?.pop().unwrap_or_default())
+    let job = SampleJob {
+        prompt: prompt_tokens.to_vec(),
+        n,
+        seed: params.seed,
+    };
+    Ok(sample_batch(engine, &[job], params, rule)?
+        .pop()
+        .unwrap_or_default())
 }
