@@ -10,6 +10,7 @@ pub mod bench;
 pub mod engine_args;
 pub mod export;
 pub mod generate;
+pub mod run;
 pub mod search;
 pub mod store;
 
@@ -31,6 +32,10 @@ pub struct Cli {
 pub enum Command {
     /// Sample completions from a model and print them with their mean confidence.
     Generate(generate::GenerateArgs),
+    /// Run (or resume) a job: every shard of every recipe, then dedup, export and report.
+    Run(run::RunArgs),
+    /// The merge step of an array job: dedup across shards, export, stats, report.
+    Finalize(run::FinalizeArgs),
     /// Run the confidence-guided MCTS over seeds (JSONL) and write chains and trees.
     Search(search::SearchArgs),
     /// Draw a search tree JSON in the terminal.
@@ -65,6 +70,8 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Finalize(a) => run::run_finalize(a),
         Command::Search(a) => search::run(a),
         Command::InspectTree(a) => search::inspect(a),
         Command::Bench(c) => bench::run(c),

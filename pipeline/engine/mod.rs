@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod confidence;
+pub mod config;
 pub mod core;
 pub mod generate;
 #[cfg(feature = "llama")]
@@ -25,9 +26,12 @@ pub mod scripted;
 use serde::{Deserialize, Serialize};
 
 pub use confidence::{confidence, top_k_logits, TOP_K};
+pub use config::{EngineConfig, EngineKind, FlashAttn};
 pub use core::{Backend, BatchEntry, Core, CoreLimits};
 #[cfg(feature = "llama")]
-pub use llama::{FlashAttn, LlamaConfig, LlamaEngine};
+pub use llama::LlamaEngine;
+/// The engine settings under their first name.
+pub type LlamaConfig = EngineConfig;
 pub use sampling::SamplingParams;
 pub use scripted::{ScriptedConfig, ScriptedEngine};
 
