@@ -242,6 +242,40 @@ fn scripted_score_agrees_exactly() {
 }
 
 #[test]
+fn scripted_score_many_equals_one_by_one() {
+    let mut e = ScriptedEngine::scripted(
+        ScriptedConfig::default(),
+        CoreLimits {
+            n_ctx: 600,
+            n_batch: 50,
+            n_parallel: 3,
+            n_seq_max: 4,
+        },
+    );
+    let texts: Vec<Vec<Token>> = (0..7)
+        .map(|i| {
+            e.tokenize(
+                &format!("Let us add {i} and {} so the answer is {}.", i * 3, i * 4),
+                false,
+            )
+            .unwrap()
+        })
+        .collect();
+    let ctx = prompt_tokens(&e);
+    let items: Vec<(&[Token], &[Token])> = texts
+        .iter()
+        .map(|t| (ctx.as_slice(), t.as_slice()))
+        .collect();
+    let many = e.score_many(&items).unwrap();
+    assert_eq!(e.live_sequences(), 0);
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(many[i], e.score(&ctx, t).unwrap(), "item {i}");
+    }
+    // Groups are limited by the KV budget (600 cells) and n_parallel (3), so several decode calls carried >1 sequence.
+    assert!(e.stats().batch_sequences.iter().any(|&n| n > 1));
+}
+
+#[test]
 fn scripted_errors_are_values_not_panics() {
     use cotforge::engine::{EngineError, SeqId};
     let mut e = scripted();
@@ -434,5 +468,47 @@ mod llama {
         }
 
         assert!(load_err(dir.path()).contains("directory"));
+    }
+}
+
+#[test]
+fn scripted_batched_sampling_is_independent_of_batch_composition() {
+    use cotforge::engine::generate::{sample_batch, sample_n, SampleJob, StopRule};
+    let mut e = scripted();
+    let rule = StopRule {
+        max_tokens: 40,
+        stop: vec![],
+    };
+    let params = SamplingParams::new(0.7, 0.9, 0);
+    let jobs: Vec<SampleJob> = (0..5)
+        .map(|i| {
+            let t = e
+                .apply_chat_template(&[ChatMessage::new("user", format!("question {i}"))])
+                .unwrap();
+            SampleJob {
+                prompt: e.tokenize(&t, true).unwrap(),
+                n: 3,
+                seed: 100 + i,
+            }
+        })
+        .collect();
+    let together = sample_batch(&mut e, &jobs, params, &rule).unwrap();
+    assert_eq!(e.live_sequences(), 0);
+    // With 15 completions and n_parallel 8, the first decode calls carry 8 sequences.
+    assert_eq!(e.stats().batch_sequences.iter().copied().max(), Some(8));
+    for (j, job) in jobs.iter().enumerate() {
+        let mut alone = scripted();
+        let one = sample_n(
+            &mut alone,
+            &job.prompt,
+            3,
+            SamplingParams {
+                seed: job.seed,
+                ..params
+            },
+            &rule,
+        )
+        .unwrap();
+        assert_eq!(together[j], one, "job {j}");
     }
 }

@@ -2,17 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use crate::engine::{CoreLimits, Engine, ScriptedConfig, ScriptedEngine};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EngineKind {
-    /// llama.cpp on a GGUF file.
-    Llama,
-    /// Deterministic scripted model (no weights), for tests and dry runs.
-    Scripted,
-}
+use crate::engine::{Engine, EngineConfig, EngineKind};
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
@@ -42,38 +34,10 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// Validate and build the runtime engine.
-    pub fn build(&self) -> anyhow::Result<Box<dyn Engine>> {
-        anyhow::ensure!(self.n_parallel >= 1, "--n-parallel must be at least 1");
-        anyhow::ensure!(
-            self.n_seq_max >= self.n_parallel,
-            "--n-seq-max ({}) must be at least --n-parallel ({})",
-            self.n_seq_max,
-            self.n_parallel
-        );
-        match self.engine {
-            EngineKind::Scripted => Ok(Box::new(ScriptedEngine::scripted(
-                ScriptedConfig::default(),
-                CoreLimits {
-                    n_ctx: self.n_ctx,
-                    n_batch: self.n_batch,
-                    n_parallel: self.n_parallel,
-                    n_seq_max: self.n_seq_max,
-                },
-            ))),
-            EngineKind::Llama => self.build_llama(),
-        }
-    }
-
-    #[cfg(feature = "llama")]
-    fn build_llama(&self) -> anyhow::Result<Box<dyn Engine>> {
-        let cfg = self.llama_config();
-        Ok(Box::new(crate::engine::LlamaEngine::load(&cfg)?))
-    }
-
-    #[cfg(feature = "llama")]
-    pub fn llama_config(&self) -> crate::engine::LlamaConfig {
-        crate::engine::LlamaConfig {
+    /// The engine settings these flags describe.
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            kind: self.engine,
             model: self.model.clone(),
             n_ctx: self.n_ctx,
             n_batch: self.n_batch,
@@ -85,8 +49,8 @@ impl EngineArgs {
         }
     }
 
-    #[cfg(not(feature = "llama"))]
-    fn build_llama(&self) -> anyhow::Result<Box<dyn Engine>> {
-        anyhow::bail!("this cotforge was built without the `llama` feature; use --engine scripted or rebuild with default features")
+    /// Validate and build the runtime engine.
+    pub fn build(&self) -> anyhow::Result<Box<dyn Engine>> {
+        Ok(self.config().build()?)
     }
 }

@@ -8,8 +8,11 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod engine_args;
+pub mod export;
 pub mod generate;
+pub mod run;
 pub mod search;
+pub mod store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,6 +32,10 @@ pub struct Cli {
 pub enum Command {
     /// Sample completions from a model and print them with their mean confidence.
     Generate(generate::GenerateArgs),
+    /// Run (or resume) a job: every shard of every recipe, then dedup, export and report.
+    Run(run::RunArgs),
+    /// The merge step of an array job: dedup across shards, export, stats, report.
+    Finalize(run::FinalizeArgs),
     /// Run the confidence-guided MCTS over seeds (JSONL) and write chains and trees.
     Search(search::SearchArgs),
     /// Draw a search tree JSON in the terminal.
@@ -36,6 +43,21 @@ pub enum Command {
     /// Benchmarks against llama.cpp's own tools (see scripts/bench.sh).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Seed sets: `seeds import` converts JSON/JSONL to seed Parquet.
+    Seeds(store::SeedsArgs),
+    /// Per-shard state of a job directory: pending, running, done, corrupt.
+    Status(store::StatusArgs),
+    /// Re-check the blake3 of every committed file; exit 2 on any mismatch.
+    Verify(store::VerifyArgs),
+    /// Run one shard with the scripted engine (tests and wiring example).
+    #[command(hide = true)]
+    ShardWorker(store::ShardWorkerArgs),
+    /// Export chains as SFT data in the Hugging Face layout.
+    Export(export::ExportArgs),
+    /// Print a summary table of an output directory.
+    Stats(export::StatsArgs),
+    /// Write a self-contained HTML report of an output directory.
+    Report(export::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -48,9 +70,18 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Finalize(a) => run::run_finalize(a),
         Command::Search(a) => search::run(a),
         Command::InspectTree(a) => search::inspect(a),
         Command::Bench(c) => bench::run(c),
+        Command::Seeds(a) => store::run_seeds(a),
+        Command::Status(a) => store::run_status(a),
+        Command::Verify(a) => store::run_verify(a),
+        Command::ShardWorker(a) => store::run_shard_worker(a),
+        Command::Export(a) => export::run_export(a),
+        Command::Stats(a) => export::run_stats(a),
+        Command::Report(a) => export::run_report(a),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,9 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use super::config::{EngineConfig, FlashAttn};
+use super::core::{Backend, BatchEntry, Core, CoreLimits};
+use super::{ChatMessage, EngineError, Result, Token};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -19,108 +22,6 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{send_logs_to_tracing, DecodeError, LogOptions};
-use serde::{Deserialize, Serialize};
-
-use super::core::{Backend, BatchEntry, Core, CoreLimits};
-use super::{ChatMessage, EngineError, Result, Token};
-
-/// The largest number of sequences llama.cpp supports (LLAMA_MAX_SEQ).
-pub const LLAMA_MAX_SEQ: usize = 256;
-
-/// Flash-attention policy. Scores that will be compared must use the same one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FlashAttn {
-    #[default]
-    Auto,
-    On,
-    Off,
-}
-
-/// Settings of the llama.cpp engine (the `[engine]` section of a job).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LlamaConfig {
-    /// GGUF file.
-    pub model: PathBuf,
-    /// KV cells shared by all sequences (unified cache).
-    pub n_ctx: usize,
-    /// Most tokens per decode call.
-    pub n_batch: usize,
-    /// Physical micro-batch size inside llama.cpp.
-    pub n_ubatch: usize,
-    /// Most sequences advanced by one step.
-    pub n_parallel: usize,
-    /// Most sequences alive at once (cached tree nodes + active ones); at most 256.
-    pub n_seq_max: usize,
-    /// CPU threads; 0 means all available cores.
-    pub threads: usize,
-    /// Layers offloaded to a GPU (needs a GPU feature).
-    pub gpu_layers: u32,
-    pub flash_attn: FlashAttn,
-    /// Template used when the GGUF has none or llama.cpp cannot apply it:
-    /// a llama.cpp built-in name (`chatml`, `llama3`, `gemma`, ...).
-    pub chat_template: Option<String>,
-}
-
-impl Default for LlamaConfig {
-    fn default() -> Self {
-        Self {
-            model: PathBuf::from("data/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-            n_ctx: 8192,
-            n_batch: 2048,
-            n_ubatch: 512,
-            n_parallel: 8,
-            n_seq_max: 64,
-            threads: 0,
-            gpu_layers: 0,
-            flash_attn: FlashAttn::Auto,
-            chat_template: None,
-        }
-    }
-}
-
-impl LlamaConfig {
-    /// Check the settings that would otherwise trip a llama.cpp assertion.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |reason: String| Err(EngineError::Backend(format!("engine settings: {reason}")));
-        if self.n_parallel == 0 {
-            return bad("n_parallel must be at least 1".into());
-        }
-        if self.n_seq_max == 0 || self.n_seq_max > LLAMA_MAX_SEQ {
-            return bad(format!(
-                "n_seq_max must be in 1..={LLAMA_MAX_SEQ}, got {}",
-                self.n_seq_max
-            ));
-        }
-        if self.n_parallel > self.n_seq_max {
-            return bad(format!(
-                "n_parallel {} exceeds n_seq_max {}",
-                self.n_parallel, self.n_seq_max
-            ));
-        }
-        if self.n_ctx < 64 || self.n_batch == 0 || self.n_ubatch == 0 {
-            return bad("n_ctx must be >= 64 and n_batch, n_ubatch >= 1".into());
-        }
-        if self.n_batch < self.n_parallel {
-            return bad(format!(
-                "n_batch {} must be >= n_parallel {}",
-                self.n_batch, self.n_parallel
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn threads(&self) -> usize {
-        if self.threads > 0 {
-            self.threads
-        } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }
-    }
-}
 
 /// llama.cpp's process-wide backend, initialized once.
 fn backend() -> Result<&'static LlamaBackend> {
@@ -201,7 +102,7 @@ pub type LlamaEngine = Core<LlamaCpp>;
 impl LlamaEngine {
     /// Load a GGUF and create a context. Errors name the path; nothing panics
     /// or aborts on a missing, non-GGUF or truncated file.
-    pub fn load(cfg: &LlamaConfig) -> Result<Self> {
+    pub fn load(cfg: &EngineConfig) -> Result<Self> {
         cfg.validate()?;
         let path = &cfg.model;
         check_gguf(path)?;

@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod confidence;
+pub mod config;
 pub mod core;
 pub mod generate;
 #[cfg(feature = "llama")]
@@ -25,9 +26,12 @@ pub mod scripted;
 use serde::{Deserialize, Serialize};
 
 pub use confidence::{confidence, top_k_logits, TOP_K};
+pub use config::{EngineConfig, EngineKind, FlashAttn};
 pub use core::{Backend, BatchEntry, Core, CoreLimits};
 #[cfg(feature = "llama")]
-pub use llama::{FlashAttn, LlamaConfig, LlamaEngine};
+pub use llama::LlamaEngine;
+/// The engine settings under their first name.
+pub type LlamaConfig = EngineConfig;
 pub use sampling::SamplingParams;
 pub use scripted::{ScriptedConfig, ScriptedEngine};
 
@@ -179,6 +183,10 @@ pub trait Engine {
     /// `context`, from forward passes with logits at every position.
     /// `text` must be non-empty and `context` must hold at least one token.
     fn score(&mut self, context: &[Token], text: &[Token]) -> Result<Vec<TokenOut>>;
+
+    /// [`Engine::score`] for many `(context, text)` pairs, packed into shared
+    /// decode calls. Results are in input order.
+    fn score_many(&mut self, items: &[(&[Token], &[Token])]) -> Result<Vec<Vec<TokenOut>>>;
 
     fn stats(&self) -> &EngineStats;
 }

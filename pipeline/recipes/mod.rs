@@ -1,1 +1,180 @@
-//! recipes (see DESIGN.md).
+//! Recipes: the three shard kinds of DESIGN.md, each a [`Processor`] the shard
+//! worker drives. A recipe turns a batch of seeds into chains with one engine
+//! (many seeds share every decode call), then runs its filters; what fails a
+//! filter goes to the rejected shard with the reason.
+//!
+//! [`job`] parses and validates job files; [`run`] runs a job's shards and the
+//! finishing merge (dedup, export, report).
+
+pub mod instruction;
+pub mod job;
+pub mod marco;
+pub mod open_o1;
+pub mod run;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::engine::{ChatMessage, Engine, EngineError, Token};
+use crate::record::{Chain, Recipe, Reject, Seed};
+use crate::stages::filter::{FilterChain, FilterContext};
+use crate::store::worker::Processed;
+
+/// Errors of recipe setup and job files.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("{0}")]
+    Job(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Search(#[from] crate::search::SearchError),
+    #[error(transparent)]
+    Stage(#[from] crate::stages::StageError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("interrupted by a signal; the journal is flushed, rerun the same command to resume")]
+    Interrupted,
+}
+
+/// Set by SIGINT / SIGTERM; recipes stop between batches when it is set.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(pub Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+}
+
+/// Job-level facts every chain row carries.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowMeta {
+    pub model: String,
+    pub model_blake3: String,
+    pub created_at: i64,
+}
+
+/// The chat-templated prompt of a seed (system from the seed, else the recipe's default).
+pub fn seed_prompt_text(
+    engine: &dyn Engine,
+    seed: &Seed,
+    default_system: Option<&str>,
+) -> Result<String, EngineError> {
+    let mut msgs = Vec::new();
+    if let Some(s) = seed
+        .system
+        .as_deref()
+        .or(default_system)
+        .filter(|s| !s.is_empty())
+    {
+        msgs.push(ChatMessage::new("system", s));
+    }
+    msgs.push(ChatMessage::new("user", &seed.prompt));
+    engine.apply_chat_template(&msgs)
+}
+
+/// The stable id of a chain: blake3 of seed id, recipe and a discriminator.
+pub fn chain_id(seed_id: &str, recipe: Recipe, discriminator: &str) -> String {
+    blake3::hash(format!("{seed_id}\u{1f}{recipe}\u{1f}{discriminator}").as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// A seed-level rejection (nothing was generated for it).
+pub fn reject_seed(seed: &Seed, recipe: Recipe, stage: &str, reason: String) -> Reject {
+    Reject {
+        seed_id: seed.id.clone(),
+        chain_id: None,
+        recipe: Some(recipe),
+        stage: stage.into(),
+        reason,
+        row: serde_json::to_string(seed).unwrap_or_default(),
+    }
+}
+
+/// Run the filters over a seed's chains. A seed whose every chain fails keeps
+/// all its rejections, so it still appears in the output exactly once per chain.
+pub fn filter_chains(filters: &FilterChain, seed: &Seed, chains: Vec<Chain>) -> Processed {
+    let mut ctx = FilterContext::default();
+    if let Some(lang) = &seed.lang {
+        ctx.seed_lang.insert(seed.id.clone(), lang.clone());
+    }
+    let (accepted, rejected) = filters.apply_with(chains, &ctx);
+    Processed { accepted, rejected }
+}
+
+/// Per-step mean confidences: `text` split at `delimiter`, each token counted
+/// in the step where its first byte falls.
+pub fn step_means(
+    pieces: &[Vec<u8>],
+    confidences: &[f32],
+    text_len: usize,
+    step_ends: &[usize],
+) -> Vec<f64> {
+    let mut sums = vec![(0.0f64, 0usize); step_ends.len().max(1)];
+    let mut off = 0usize;
+    for (p, &c) in pieces.iter().zip(confidences) {
+        let k = step_ends
+            .iter()
+            .position(|&e| off < e)
+            .unwrap_or(step_ends.len().saturating_sub(1));
+        let k = k.min(sums.len() - 1);
+        sums[k].0 += c as f64;
+        sums[k].1 += 1;
+        off += p.len();
+        if off > text_len {
+            off = text_len;
+        }
+    }
+    sums.into_iter()
+        .filter(|&(_, n)| n > 0)
+        .map(|(s, n)| s / n as f64)
+        .collect()
+}
+
+/// Byte offsets where each `delimiter`-separated step of `text` ends.
+pub fn step_ends(text: &str, delimiter: &str) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut from = 0;
+    while let Some(i) = text[from..].find(delimiter) {
+        ends.push(from + i + delimiter.len());
+        from += i + delimiter.len();
+    }
+    if from < text.len() || ends.is_empty() {
+        ends.push(text.len());
+    }
+    ends
+}
+
+/// Tokens of `text` without special-token insertion.
+pub fn tokens_of(engine: &dyn Engine, text: &str) -> Result<Vec<Token>, EngineError> {
+    engine.tokenize(text, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_split_at_delimiter() {
+        assert_eq!(step_ends("a\n\nbb\n\nc", "\n\n"), vec![3, 7, 8]);
+        assert_eq!(step_ends("abc", "\n\n"), vec![3]);
+        let pieces: Vec<Vec<u8>> = vec![
+            b"a".to_vec(),
+            b"\n\n".to_vec(),
+            b"bb".to_vec(),
+            b"\n\n".to_vec(),
+            b"c".to_vec(),
+        ];
+        let conf = [0.2, 0.4, 0.6, 0.8, 1.0];
+        let m = step_means(&pieces, &conf, 8, &step_ends("a\n\nbb\n\nc", "\n\n"));
+        assert_eq!(m.len(), 3);
+        assert!(
+            (m[0] - 0.3).abs() < 1e-6 && (m[1] - 0.7).abs() < 1e-6 && (m[2] - 1.0).abs() < 1e-6
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! `instruction`: best-of-n sampling on instructions, scored by mean token
+//! confidence. The best completion of each seed ships (after the filters);
+//! no reasoning is required.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::generate::{sample_batch, SampleJob, StopRule};
+use crate::engine::sampling::derive_seed;
+use crate::engine::{Engine, SamplingParams};
+use crate::record::{Chain, Recipe, Seed};
+use crate::stages::filter::FilterChain;
+use crate::store::worker::{Processed, Processor};
+
+use super::{chain_id, filter_chains, reject_seed, seed_prompt_text, Cancel, RowMeta};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstructionConfig {
+    /// Completions sampled per seed.
+    pub n: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: usize,
+    pub system_prompt: String,
+    /// Root of the sampling seeds (each seed derives its own from its id).
+    pub seed: u64,
+}
+
+impl Default for InstructionConfig {
+    fn default() -> Self {
+        Self {
+            n: 4,
+            temperature: 0.7,
+            top_p: 0.9,
+            max_tokens: 256,
+            system_prompt: String::new(),
+            seed: 0,
+        }
+    }
+}
+
+pub struct Instruction<'e> {
+    pub engine: &'e mut dyn Engine,
+    pub cfg: InstructionConfig,
+    pub filters: FilterChain,
+    pub meta: RowMeta,
+    pub cancel: Cancel,
+}
+
+fn seed_hash(id: &str) -> u64 {
+    let h = blake3::hash(id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+impl Processor for Instruction<'_> {
+    fn process(&mut self, seed: &Seed) -> Result<Processed, String> {
+        self.process_batch(std::slice::from_ref(seed))
+            .map(|mut v| v.pop().unwrap_or_default())
+    }
+
+    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
+        if self.cancel.is_set() {
+            return Err(super::RecipeError::Interrupted.to_string());
+        }
+        let system =
+            (!self.cfg.system_prompt.is_empty()).then_some(self.cfg.system_prompt.as_str());
+        let mut jobs = Vec::new();
+        let mut idx = Vec::new();
+        let mut out: Vec<Option<Processed>> = vec![None; seeds.len()];
+        for (i, seed) in seeds.iter().enumerate() {
+            let text = seed_prompt_text(&*self.engine, seed, system).map_err(|e| e.to_string())?;
+            let prompt = self
+                .engine
+                .tokenize(&text, true)
+                .map_err(|e| e.to_string())?;
+            if prompt.len() + self.cfg.max_tokens > self.engine.n_ctx() {
+                out[i] = Some(Processed {
+                    accepted: vec![],
+                    rejected: vec![reject_seed(
+                        seed,
+                        Recipe::Instruction,
+                        "instruction.input",
+                        format!(
+                            "prompt of {} tokens + max_tokens {} exceeds n_ctx {}",
+                            prompt.len(),
+                            self.cfg.max_tokens,
+                            self.engine.n_ctx()
+                        ),
+                    )],
+                });
+                continue;
+            }
+            jobs.push(SampleJob {
+                prompt,
+                n: self.cfg.n,
+                seed: derive_seed(self.cfg.seed, seed_hash(&seed.id)),
+            });
+            idx.push(i);
+        }
+        let params = SamplingParams::new(self.cfg.temperature, self.cfg.top_p, self.cfg.seed);
+        let rule = StopRule {
+            max_tokens: self.cfg.max_tokens,
+            stop: vec![],
+        };
+        let results = sample_batch(self.engine, &jobs, params, &rule).map_err(|e| e.to_string())?;
+        let settings =
+            serde_json::json!({"recipe": "instruction", "best_of_n": self.cfg}).to_string();
+        for (i, completions) in idx.into_iter().zip(results) {
+            let seed = &seeds[i];
+            // Best of n: highest mean confidence, then the lowest index.
+            let best = completions.iter().enumerate().max_by(|a, b| {
+                a.1.mean_confidence
+                    .total_cmp(&b.1.mean_confidence)
+                    .then(b.0.cmp(&a.0))
+            });
+            let Some((k, c)) = best else {
+                out[i] = Some(Processed::default());
+                continue;
+            };
+            let chain = Chain {
+                id: chain_id(
+                    &seed.id,
+                    Recipe::Instruction,
+                    &format!("best-of-{}:{k}", self.cfg.n),
+                ),
+                seed_id: seed.id.clone(),
+                recipe: Some(Recipe::Instruction),
+                system: seed.system.clone(),
+                prompt: seed.prompt.clone(),
+                reasoning: String::new(),
+                answer: c.text.trim().to_string(),
+                reward: c.mean_confidence,
+                step_confidences: vec![c.mean_confidence],
+                tokens: c.tokens.len() as u32,
+                reflections: 0,
+                verified: None,
+                reference_answer: seed.reference_answer.clone(),
+                model: self.meta.model.clone(),
+                model_blake3: self.meta.model_blake3.clone(),
+                settings: settings.clone(),
+                created_at: self.meta.created_at,
+            };
+            out[i] = Some(filter_chains(&self.filters, seed, vec![chain]));
+        }
+        Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
+    }
+}

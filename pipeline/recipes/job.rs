@@ -1,0 +1,450 @@
+//! Job files (TOML): one nightly job = engine settings, recipes with their
+//! stage settings, output directory, shard count, seed. Parsed into the
+//! low-level [`JobFile`] (serde, unknown keys refused), then validated into a
+//! [`Job`] before any work starts. Every error names the file, the key and
+//! its line, and says what to do.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EngineConfig, EngineKind};
+use crate::record::Recipe;
+use crate::search::{DriverConfig, SearchConfig};
+use crate::stages::dedup::DedupConfig;
+use crate::stages::export::ExportConfig;
+use crate::stages::filter::FilterConfig;
+
+use super::instruction::InstructionConfig;
+use super::open_o1::OpenO1Config;
+use super::RecipeError;
+
+/// Storage settings of a job (`[store]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Journal fsync after this many results...
+    pub flush_every: usize,
+    /// ...or after this many seconds.
+    pub flush_seconds: f64,
+    /// Seeds processed together (their work shares decode batches).
+    pub batch_seeds: usize,
+    /// Parquet row-group size of shard files.
+    pub row_group_rows: usize,
+    /// Longest prompt accepted (characters); longer rows are rejected at ingest.
+    pub max_prompt_chars: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            flush_every: 16,
+            flush_seconds: 5.0,
+            batch_seeds: 16,
+            row_group_rows: 10_000,
+            max_prompt_chars: 16_000,
+        }
+    }
+}
+
+/// `[dedup]`: near and exact dedup across all shards, and against earlier runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupSection {
+    pub enabled: bool,
+    /// Persistent signature index shared by nightly runs (a path outside `out`).
+    pub index: Option<PathBuf>,
+    pub params: DedupConfig,
+}
+
+impl Default for DedupSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            index: None,
+            params: DedupConfig::default(),
+        }
+    }
+}
+
+/// `[export]`: the SFT-ready dataset written once every shard is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    pub enabled: bool,
+    /// Default: `<out>/export`.
+    pub to: Option<PathBuf>,
+    pub options: ExportConfig,
+}
+
+impl Default for ExportSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            to: None,
+            options: ExportConfig::default(),
+        }
+    }
+}
+
+/// One `[[recipe]]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeSpec {
+    pub kind: Recipe,
+    /// Seed Parquet files (see `cotforge seeds import`).
+    pub seeds: Vec<PathBuf>,
+    /// Only the first N input rows (across the seed files, before sharding).
+    pub limit: Option<u64>,
+    /// Filters in order; default: the recipe's own list.
+    pub filters: Option<Vec<FilterConfig>>,
+    /// `marco_cot` only.
+    pub search: Option<SearchConfig>,
+    /// `marco_cot` only: how trees share the engine.
+    pub driver: Option<DriverConfig>,
+    /// `open_o1` only.
+    pub open_o1: Option<OpenO1Config>,
+    /// `instruction` only.
+    pub instruction: Option<InstructionConfig>,
+}
+
+/// The job file as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// Root of every random choice in the job.
+    #[serde(default)]
+    pub seed: u64,
+    /// Output directory (plain directory; shared storage for array jobs).
+    pub out: PathBuf,
+    #[serde(default = "one")]
+    pub num_shards: u32,
+    /// Unix seconds stamped on every row; default: the first run's time (kept on reruns).
+    pub created_at: Option<i64>,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(rename = "recipe")]
+    pub recipes: Vec<RecipeSpec>,
+    #[serde(default)]
+    pub dedup: DedupSection,
+    #[serde(default)]
+    pub export: ExportSection,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A validated job: what the library runs.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub path: PathBuf,
+    pub file: JobFile,
+    pub recipes: Vec<ValidRecipe>,
+    /// blake3 of the job text: a journal written under another job is refused.
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidRecipe {
+    pub spec: RecipeSpec,
+    pub filters: Vec<FilterConfig>,
+    pub search: SearchConfig,
+}
+
+impl Job {
+    pub fn export_dir(&self) -> PathBuf {
+        self.file
+            .export
+            .to
+            .clone()
+            .unwrap_or_else(|| self.file.out.join("export"))
+    }
+}
+
+/// Filters a recipe runs when its job file lists none.
+pub fn default_filters(kind: Recipe) -> Vec<FilterConfig> {
+    use crate::stages::filter::{
+        FormatConfig, LengthConfig, RepetitionConfig, RewardConfig, VerifyConfig,
+    };
+    match kind {
+        Recipe::Instruction => vec![
+            FilterConfig::Length(LengthConfig::default()),
+            FilterConfig::Repetition(RepetitionConfig::default()),
+            FilterConfig::Reward(RewardConfig::default()),
+        ],
+        Recipe::OpenO1 | Recipe::MarcoCot => vec![
+            FilterConfig::Format(FormatConfig::default()),
+            FilterConfig::Length(LengthConfig::default()),
+            FilterConfig::Repetition(RepetitionConfig::default()),
+            FilterConfig::Verify(VerifyConfig::default()),
+            FilterConfig::Reward(RewardConfig::default()),
+        ],
+    }
+}
+
+/// A located error: `file:line: key: message`.
+fn err(
+    path: &Path,
+    text: &str,
+    table: &str,
+    key: Option<&str>,
+    msg: impl std::fmt::Display,
+) -> RecipeError {
+    let full = match key {
+        Some(k) if table.is_empty() => k.to_string(),
+        Some(k) => format!("{table}.{k}"),
+        None => table.to_string(),
+    };
+    let line = locate(text, table, key)
+        .map(|l| format!(":{l}"))
+        .unwrap_or_default();
+    RecipeError::Job(format!("{}{line}: {full}: {msg}", path.display()))
+}
+
+/// Read, parse and validate a job file. Nothing is written.
+pub fn load(path: &Path) -> Result<Job, RecipeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        RecipeError::Job(format!("{}: cannot read the job file: {e}", path.display()))
+    })?;
+    parse(path, &text)
+}
+
+/// Parse and validate job text (`path` is used in messages only).
+pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
+    let file: JobFile = toml::from_str(text).map_err(|e| {
+        // toml's message already carries line, column and the offending key.
+        RecipeError::Job(format!("{}: {}", path.display(), e.to_string().trim_end()))
+    })?;
+    let e = |table: &str, key: Option<&str>, msg: String| err(path, text, table, key, msg);
+
+    if file.num_shards == 0 {
+        return Err(e("", Some("num_shards"), "must be at least 1".into()));
+    }
+    let eng = &file.engine;
+    if eng.n_parallel == 0 {
+        return Err(e(
+            "engine",
+            Some("n_parallel"),
+            "must be at least 1 (sequences per decode call)".into(),
+        ));
+    }
+    if eng.n_seq_max < eng.n_parallel {
+        return Err(e(
+            "engine",
+            Some("n_seq_max"),
+            format!("must be >= n_parallel ({})", eng.n_parallel),
+        ));
+    }
+    if let Err(x) = eng.validate() {
+        return Err(e("engine", None, x.to_string()));
+    }
+    if eng.kind == EngineKind::Llama && !eng.model.is_file() {
+        return Err(e(
+            "engine",
+            Some("model"),
+            format!(
+                "{} does not exist (run scripts/setup.sh, or point it at a GGUF file)",
+                eng.model.display()
+            ),
+        ));
+    }
+    if file.recipes.is_empty() {
+        return Err(e(
+            "",
+            None,
+            "no [[recipe]] table: a job needs at least one recipe".into(),
+        ));
+    }
+    let mut recipes = Vec::new();
+    for (i, spec) in file.recipes.iter().enumerate() {
+        let t = format!("recipe[{i}]");
+        if spec.seeds.is_empty() {
+            return Err(e(&t, Some("seeds"), "lists no seed file".into()));
+        }
+        for s in &spec.seeds {
+            if !s.is_file() {
+                return Err(e(
+                    &t,
+                    Some("seeds"),
+                    format!(
+                        "seed file {} does not exist (create it with `cotforge seeds import`)",
+                        s.display()
+                    ),
+                ));
+            }
+        }
+        let wrong = |section: &str, only: Recipe| {
+            e(
+                &format!("{t}.{section}"),
+                None,
+                format!(
+                    "this section applies to {only} only, this recipe is {}",
+                    spec.kind
+                ),
+            )
+        };
+        if spec.kind != Recipe::MarcoCot {
+            if spec.search.is_some() {
+                return Err(wrong("search", Recipe::MarcoCot));
+            }
+            if spec.driver.is_some() {
+                return Err(wrong("driver", Recipe::MarcoCot));
+            }
+        }
+        if spec.kind != Recipe::OpenO1 && spec.open_o1.is_some() {
+            return Err(wrong("open_o1", Recipe::OpenO1));
+        }
+        if spec.kind != Recipe::Instruction && spec.instruction.is_some() {
+            return Err(wrong("instruction", Recipe::Instruction));
+        }
+        let filters = spec
+            .filters
+            .clone()
+            .unwrap_or_else(|| default_filters(spec.kind));
+        for (j, f) in filters.iter().enumerate() {
+            if let Err(x) = f.build() {
+                // Point at the offending key when the message starts with its name.
+                let msg = x.to_string();
+                let table = format!("{t}.filters[{j}]");
+                let key = msg
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .find(|k| {
+                        !k.is_empty() && locate(text, &table, Some(k)) != locate(text, &table, None)
+                    })
+                    .map(str::to_string);
+                return Err(e(&table, key.as_deref(), msg));
+            }
+        }
+        let mut search = spec.search.clone().unwrap_or_default();
+        if spec.search.as_ref().is_none_or(|s| s.seed == 0) {
+            search.seed = file.seed;
+        }
+        let search = search
+            .build()
+            .map_err(|x| e(&format!("{t}.search"), None, x.to_string()))?;
+        recipes.push(ValidRecipe {
+            spec: spec.clone(),
+            filters,
+            search,
+        });
+    }
+    let mut kinds: HashMap<Recipe, usize> = HashMap::new();
+    for (i, r) in file.recipes.iter().enumerate() {
+        if let Some(prev) = kinds.insert(r.kind, i) {
+            return Err(e(
+                &format!("recipe[{i}]"),
+                Some("kind"),
+                format!(
+                    "{} appears twice (also recipe[{prev}]); list all its seed files in one recipe",
+                    r.kind
+                ),
+            ));
+        }
+    }
+    if file.dedup.enabled {
+        file.dedup
+            .params
+            .build()
+            .map_err(|x| e("dedup.params", None, x.to_string()))?;
+    }
+    file.export
+        .options
+        .validate()
+        .map_err(|x| e("export.options", None, x.to_string()))?;
+    Ok(Job {
+        path: path.to_path_buf(),
+        fingerprint: blake3::hash(text.as_bytes()).to_hex().to_string(),
+        recipes,
+        file,
+    })
+}
+
+/// Line (1-based) of `key` inside `table` (`""` = root, `engine`,
+/// `recipe[1].filters[0]`, ...), or of the table's header when `key` is None
+/// or absent. A small scanner of the TOML headers a job file uses.
+pub fn locate(text: &str, table: &str, key: Option<&str>) -> Option<usize> {
+    let mut current = String::new();
+    let mut counters: HashMap<String, usize> = HashMap::new();
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    let mut header_line = if table.is_empty() { Some(1) } else { None };
+    // Canonical name of a dotted plain path, indexing arrays by their latest element.
+    let canon = |plain: &str, latest: &HashMap<String, usize>| -> String {
+        let mut out = String::new();
+        let mut acc = String::new();
+        for part in plain.split('.') {
+            let part = part.trim().trim_matches('"');
+            if !acc.is_empty() {
+                acc.push('.');
+                out.push('.');
+            }
+            acc.push_str(part);
+            out.push_str(part);
+            if let Some(i) = latest.get(&acc) {
+                out.push_str(&format!("[{i}]"));
+            }
+        }
+        out
+    };
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(inner) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+            let plain = inner.trim().to_string();
+            let parent = match plain.rsplit_once('.') {
+                Some((p, _)) => canon(p, &latest),
+                None => String::new(),
+            };
+            let name = plain.rsplit('.').next().unwrap_or("").trim().to_string();
+            let slot = format!("{parent}/{name}");
+            let idx = counters.entry(slot).and_modify(|c| *c += 1).or_insert(0);
+            latest.insert(plain.clone(), *idx);
+            current = canon(&plain, &latest);
+        } else if let Some(inner) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            current = canon(inner, &latest);
+        } else if current == table {
+            if let Some(k) = key {
+                let lhs = line
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches('"');
+                if line.contains('=') && lhs == k {
+                    return Some(n + 1);
+                }
+            }
+            continue;
+        } else {
+            continue;
+        }
+        if current == table && header_line.is_none() {
+            header_line = Some(n + 1);
+        }
+    }
+    header_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "seed = 1\nout = \"x\"\n\n[engine]\nn_parallel = 0\n\n[[recipe]]\nkind = \"open_o1\"\n\n[[recipe]]\nkind = \"marco_cot\"\n[recipe.search]\nexpand_k = 0\n[[recipe.filters]]\ntype = \"format\"\n[[recipe.filters]]\ntype = \"reward\"\nmin_reward = 1.5\n";
+
+    #[test]
+    fn locates_keys_in_tables_and_arrays() {
+        assert_eq!(locate(DOC, "", Some("out")), Some(2));
+        assert_eq!(locate(DOC, "engine", Some("n_parallel")), Some(5));
+        assert_eq!(locate(DOC, "recipe[0]", Some("kind")), Some(8));
+        assert_eq!(locate(DOC, "recipe[1]", Some("kind")), Some(11));
+        assert_eq!(locate(DOC, "recipe[1].search", Some("expand_k")), Some(13));
+        assert_eq!(
+            locate(DOC, "recipe[1].filters[1]", Some("min_reward")),
+            Some(18)
+        );
+        assert_eq!(locate(DOC, "recipe[1].filters[1]", None), Some(16));
+        assert_eq!(locate(DOC, "recipe[1].filters[0]", Some("nope")), Some(14));
+    }
+}

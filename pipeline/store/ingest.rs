@@ -1,0 +1,418 @@
+//! Seed Parquet in: streamed batch by batch, checked file by file and row by row.
+//!
+//! File-level faults (not Parquet, truncated, empty, missing `prompt`, a text
+//! column of a non-text type) are errors naming file and column, raised by
+//! [`Ingest::open`] for *all* inputs before the first row is yielded, so a job
+//! with a bad file writes nothing. Row-level faults become [`Reject`]s with
+//! stage `ingest`; the job goes on. Reject reasons (stable, tests rely on them):
+//! - `null prompt`, `empty prompt` (empty or whitespace only)
+//! - `prompt too long: N chars > budget M chars` / `... N bytes > budget M bytes`
+//! - `invalid UTF-8 in column <col> at byte N` (binary columns)
+//! - `duplicate id <id> (first seen at input row N)`
+//!
+//! Memory is bounded by `batch_size` rows plus 24 bytes per accepted id for
+//! the duplicate check (set `check_duplicates: false` when ids are known unique).
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BinaryViewArray, LargeBinaryArray, LargeStringArray, StringArray,
+    StringViewArray,
+};
+use arrow::datatypes::DataType;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+
+use super::{io_err, Result, ShardSpec, StoreError};
+use crate::record::{Reject, Seed};
+
+/// Columns of the seed schema, in schema order; only `prompt` is required.
+pub const SEED_COLUMNS: [&str; 8] = [
+    "id",
+    "prompt",
+    "system",
+    "reference_answer",
+    "response",
+    "source",
+    "lang",
+    "meta",
+];
+
+/// How ingest reads and what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestOptions {
+    /// Rows per record batch read (the memory bound).
+    pub batch_size: usize,
+    /// Longest prompt accepted, in Unicode scalar values.
+    pub max_prompt_chars: usize,
+    /// Longest prompt accepted, in UTF-8 bytes.
+    pub max_prompt_bytes: usize,
+    /// Only yield rows of this shard (others are skipped without checks).
+    pub shard: Option<ShardSpec>,
+    /// Reject later rows whose id was already accepted.
+    pub check_duplicates: bool,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 8192,
+            max_prompt_chars: 32_768,
+            max_prompt_bytes: 131_072,
+            shard: None,
+            check_duplicates: true,
+        }
+    }
+}
+
+/// A row after ingest: a seed to process, or a reject.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestRow {
+    Seed(Seed),
+    Reject(Reject),
+}
+
+/// One input row with its position in the job's input (all files, in order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestItem {
+    pub ordinal: u64,
+    pub row: IngestRow,
+}
+
+impl IngestItem {
+    pub fn seed_id(&self) -> &str {
+        match &self.row {
+            IngestRow::Seed(s) => &s.id,
+            IngestRow::Reject(r) => &r.seed_id,
+        }
+    }
+}
+
+/// The id of a seed without one: blake3 of the whitespace-normalized prompt, 32 hex chars.
+pub fn derive_id(prompt: &str) -> String {
+    let norm = prompt.split_whitespace().collect::<Vec<_>>().join(" ");
+    let h = blake3::hash(norm.as_bytes()).to_hex();
+    h[..32].to_string()
+}
+
+fn is_text(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+    )
+}
+
+struct Pending {
+    path: PathBuf,
+    builder: ParquetRecordBatchReaderBuilder<File>,
+}
+
+/// Open and check one seed file (all file-level checks happen here).
+fn open_file(path: &Path, batch_size: usize) -> Result<Pending> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    if len == 0 {
+        return Err(StoreError::NotParquet {
+            path: path.to_path_buf(),
+            reason: "empty file (0 bytes)".into(),
+        });
+    }
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| StoreError::NotParquet {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let schema = builder.schema().clone();
+    let mut roots = Vec::new();
+    for (i, f) in schema.fields().iter().enumerate() {
+        if SEED_COLUMNS.contains(&f.name().as_str()) {
+            if !is_text(f.data_type()) {
+                return Err(StoreError::WrongType {
+                    path: path.to_path_buf(),
+                    column: f.name().clone(),
+                    found: f.data_type().to_string(),
+                    expected: "a string or binary (UTF-8) column".into(),
+                });
+            }
+            roots.push(i);
+        }
+    }
+    if schema.field_with_name("prompt").is_err() {
+        return Err(StoreError::MissingColumn {
+            path: path.to_path_buf(),
+            column: "prompt".into(),
+        });
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    Ok(Pending {
+        path: path.to_path_buf(),
+        builder: builder
+            .with_projection(mask)
+            .with_batch_size(batch_size.max(1)),
+    })
+}
+
+/// A text cell: absent/null, a string, or bytes that are not UTF-8.
+enum Cell<'a> {
+    Null,
+    Str(&'a str),
+    Bad(usize),
+}
+
+fn bytes(b: &[u8]) -> Cell<'_> {
+    match std::str::from_utf8(b) {
+        Ok(s) => Cell::Str(s),
+        Err(e) => Cell::Bad(e.valid_up_to()),
+    }
+}
+
+fn cell(a: &ArrayRef, i: usize) -> Cell<'_> {
+    if a.is_null(i) {
+        return Cell::Null;
+    }
+    let any = a.as_any();
+    if let Some(x) = any.downcast_ref::<StringArray>() {
+        Cell::Str(x.value(i))
+    } else if let Some(x) = any.downcast_ref::<LargeStringArray>() {
+        Cell::Str(x.value(i))
+    } else if let Some(x) = any.downcast_ref::<StringViewArray>() {
+        Cell::Str(x.value(i))
+    } else if let Some(x) = any.downcast_ref::<BinaryArray>() {
+        bytes(x.value(i))
+    } else if let Some(x) = any.downcast_ref::<LargeBinaryArray>() {
+        bytes(x.value(i))
+    } else if let Some(x) = any.downcast_ref::<BinaryViewArray>() {
+        bytes(x.value(i))
+    } else {
+        Cell::Null
+    }
+}
+
+fn lossy(a: &ArrayRef, i: usize) -> Option<String> {
+    if a.is_null(i) {
+        return None;
+    }
+    let any = a.as_any();
+    let b: &[u8] = if let Some(x) = any.downcast_ref::<BinaryArray>() {
+        x.value(i)
+    } else if let Some(x) = any.downcast_ref::<LargeBinaryArray>() {
+        x.value(i)
+    } else if let Some(x) = any.downcast_ref::<BinaryViewArray>() {
+        x.value(i)
+    } else {
+        return match cell(a, i) {
+            Cell::Str(s) => Some(s.to_string()),
+            _ => None,
+        };
+    };
+    Some(String::from_utf8_lossy(b).into_owned())
+}
+
+/// Streaming seed reader over one or more files.
+pub struct Ingest {
+    opts: IngestOptions,
+    pending: VecDeque<Pending>,
+    reader: Option<(PathBuf, ParquetRecordBatchReader)>,
+    /// Current batch: file, row count, the seed columns (None when absent).
+    batch: Option<(PathBuf, usize, Vec<Option<ArrayRef>>)>,
+    row: usize,
+    /// Rows seen in the current file (for `<file>#<row>` ids).
+    file_row: u64,
+    ordinal: u64,
+    seen: HashMap<u128, u64>,
+    failed: bool,
+}
+
+impl Ingest {
+    /// Open every input and check it; any file-level fault fails here.
+    pub fn open<P: AsRef<Path>>(paths: &[P], opts: IngestOptions) -> Result<Self> {
+        let pending = paths
+            .iter()
+            .map(|p| open_file(p.as_ref(), opts.batch_size))
+            .collect::<Result<VecDeque<_>>>()?;
+        Ok(Self {
+            opts,
+            pending,
+            reader: None,
+            batch: None,
+            row: 0,
+            file_row: 0,
+            ordinal: 0,
+            seen: HashMap::new(),
+            failed: false,
+        })
+    }
+
+    /// Total rows in all inputs, from the footers (for progress bars).
+    pub fn total_rows(&self) -> u64 {
+        self.pending
+            .iter()
+            .map(|p| p.builder.metadata().file_metadata().num_rows().max(0) as u64)
+            .sum()
+    }
+
+    fn next_batch(&mut self) -> Result<bool> {
+        loop {
+            if let Some((path, reader)) = &mut self.reader {
+                match reader.next() {
+                    Some(Ok(b)) => {
+                        let cols = SEED_COLUMNS
+                            .iter()
+                            .map(|c| b.column_by_name(c).cloned())
+                            .collect();
+                        self.batch = Some((path.clone(), b.num_rows(), cols));
+                        self.row = 0;
+                        return Ok(true);
+                    }
+                    Some(Err(e)) => {
+                        return Err(StoreError::Read {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        })
+                    }
+                    None => self.reader = None,
+                }
+            }
+            let Some(p) = self.pending.pop_front() else {
+                return Ok(false);
+            };
+            let reader = p.builder.build().map_err(|e| StoreError::Read {
+                path: p.path.clone(),
+                reason: e.to_string(),
+            })?;
+            self.file_row = 0;
+            self.reader = Some((p.path, reader));
+        }
+    }
+
+    /// Check one row; `None` when it belongs to another shard.
+    fn row(&mut self, path: &Path, cols: &[Option<ArrayRef>], i: usize) -> Option<IngestRow> {
+        let ordinal = self.ordinal;
+        let file_row = self.file_row;
+        let get = |k: usize| cols[k].as_ref().map(|a| cell(a, i)).unwrap_or(Cell::Null);
+        let text = |k: usize| cols[k].as_ref().and_then(|a| lossy(a, i));
+        let prompt_cell = get(1);
+        let given_id = match get(0) {
+            Cell::Str(s) if !s.trim().is_empty() => Some(s.to_string()),
+            _ => None,
+        };
+        let seed_id = match (&given_id, &prompt_cell) {
+            (Some(id), _) => id.clone(),
+            (None, Cell::Str(p)) => derive_id(p),
+            _ => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!("{name}#{file_row}")
+            }
+        };
+        if let Some(s) = self.opts.shard {
+            if !s.owns(&seed_id) {
+                return None;
+            }
+        }
+        let seed = Seed {
+            id: seed_id.clone(),
+            prompt: text(1).unwrap_or_default(),
+            system: text(2),
+            reference_answer: text(3),
+            response: text(4),
+            source: text(5),
+            lang: text(6),
+            meta: text(7),
+        };
+        let mut reason = match prompt_cell {
+            Cell::Null => Some("null prompt".to_string()),
+            Cell::Bad(at) => Some(format!("invalid UTF-8 in column prompt at byte {at}")),
+            Cell::Str(p) if p.trim().is_empty() => Some("empty prompt".to_string()),
+            Cell::Str(p) if p.len() > self.opts.max_prompt_bytes => Some(format!(
+                "prompt too long: {} bytes > budget {} bytes",
+                p.len(),
+                self.opts.max_prompt_bytes
+            )),
+            Cell::Str(p) if p.chars().count() > self.opts.max_prompt_chars => Some(format!(
+                "prompt too long: {} chars > budget {} chars",
+                p.chars().count(),
+                self.opts.max_prompt_chars
+            )),
+            Cell::Str(_) => None,
+        };
+        if reason.is_none() {
+            for (k, name) in SEED_COLUMNS.iter().enumerate() {
+                if let Cell::Bad(at) = get(k) {
+                    reason = Some(format!("invalid UTF-8 in column {name} at byte {at}"));
+                    break;
+                }
+            }
+        }
+        if reason.is_none() && self.opts.check_duplicates {
+            let h = blake3::hash(seed_id.as_bytes());
+            let mut k = [0u8; 16];
+            k.copy_from_slice(&h.as_bytes()[..16]);
+            let key = u128::from_le_bytes(k);
+            match self.seen.get(&key) {
+                Some(first) => {
+                    reason = Some(format!(
+                        "duplicate id {seed_id} (first seen at input row {first})"
+                    ))
+                }
+                None => {
+                    self.seen.insert(key, ordinal);
+                }
+            }
+        }
+        Some(match reason {
+            None => IngestRow::Seed(seed),
+            Some(reason) => IngestRow::Reject(Reject {
+                seed_id,
+                chain_id: None,
+                recipe: None,
+                stage: "ingest".into(),
+                reason,
+                row: serde_json::to_string(&seed).unwrap_or_default(),
+            }),
+        })
+    }
+}
+
+impl Iterator for Ingest {
+    type Item = Result<IngestItem>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let have = matches!(&self.batch, Some((_, n, _)) if self.row < *n);
+            if !have {
+                match self.next_batch() {
+                    Ok(true) => continue,
+                    Ok(false) => return None,
+                    Err(e) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            // Moved out and back so `row` can borrow self mutably (no copies).
+            let (path, n, cols) = self.batch.take()?;
+            let out = self.row(&path, &cols, self.row);
+            let ordinal = self.ordinal;
+            self.row += 1;
+            self.ordinal += 1;
+            self.file_row += 1;
+            self.batch = Some((path, n, cols));
+            if let Some(row) = out {
+                return Some(Ok(IngestItem { ordinal, row }));
+            }
+        }
+    }
+}

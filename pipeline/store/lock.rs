@@ -1,0 +1,203 @@
+//! One worker per shard: an exclusive `flock` on `lock-IIIII-of-NNNNN.lock`.
+//!
+//! The kernel drops a flock when its holder dies (even by SIGKILL), so a lock
+//! left by a dead process is taken over without guessing from pids; the file
+//! content (pid, hostname) only names the holder in messages and `status`.
+//! On shared storage the file system must honour flock across nodes (NFSv4,
+//! Lustre with `-o flock`, CephFS, GPFS do).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{io_err, Result, StoreError};
+
+/// What a lock file says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub pid: u32,
+    pub hostname: String,
+}
+
+impl std::fmt::Display for LockInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} on host {}", self.pid, self.hostname)
+    }
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates or truncates.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Whether a process with this pid exists on this host.
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn try_flock(f: &File) -> std::io::Result<bool> {
+    // SAFETY: flock on an open descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+fn read_info(f: &mut File) -> Option<LockInfo> {
+    let mut s = String::new();
+    f.rewind().ok()?;
+    f.read_to_string(&mut s).ok()?;
+    serde_json::from_str(&s).ok()
+}
+
+/// Holder of a shard's lock; released (and the file removed) on drop.
+#[derive(Debug)]
+pub struct ShardLock {
+    file: File,
+    path: PathBuf,
+    /// The holder named in the file when we took it over from a dead process.
+    pub took_over: Option<LockInfo>,
+}
+
+impl ShardLock {
+    /// Take the lock or fail at once with [`StoreError::LockHeld`] naming the holder.
+    pub fn acquire(path: &Path) -> Result<Self> {
+        loop {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(io_err(path))?;
+            if !try_flock(&file).map_err(io_err(path))? {
+                let holder = read_info(&mut file)
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "another process (lock file not yet written)".into());
+                return Err(StoreError::LockHeld {
+                    path: path.to_path_buf(),
+                    holder,
+                });
+            }
+            // The previous holder may have unlinked the file between our open
+            // and our flock; then we locked an orphan inode. Retry on the new file.
+            let ours = file.metadata().map_err(io_err(path))?;
+            match std::fs::metadata(path) {
+                Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {}
+                _ => continue,
+            }
+            let previous = read_info(&mut file);
+            let me = LockInfo {
+                pid: std::process::id(),
+                hostname: hostname(),
+            };
+            let took_over = previous.filter(|p| p != &me);
+            if let Some(p) = &took_over {
+                tracing::warn!("{}: taking over the stale lock of {p}", path.display());
+            }
+            let body = serde_json::to_vec(&me).map_err(|e| StoreError::Write {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            file.set_len(0).map_err(io_err(path))?;
+            file.rewind().map_err(io_err(path))?;
+            file.write_all(&body).map_err(io_err(path))?;
+            file.sync_data().map_err(io_err(path))?;
+            return Ok(Self {
+                file,
+                path: path.to_path_buf(),
+                took_over,
+            });
+        }
+    }
+}
+
+impl Drop for ShardLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the flock; see the inode check in acquire.
+        let _ = std::fs::remove_file(&self.path);
+        // SAFETY: unlocking our own descriptor.
+        unsafe {
+            libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}
+
+/// Who holds the lock at `path`, if anyone (for `status`). `Ok(None)`: free or absent.
+pub fn holder(path: &Path) -> Result<Option<LockInfo>> {
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    if try_flock(&file).map_err(io_err(path))? {
+        // SAFETY: unlocking our own descriptor.
+        unsafe {
+            libc::flock(file.as_raw_fd(), libc::LOCK_UN);
+        }
+        return Ok(None);
+    }
+    Ok(Some(read_info(&mut file).unwrap_or(LockInfo {
+        pid: 0,
+        hostname: "unknown".into(),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_acquire_names_the_holder_and_release_frees() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("lock-00000-of-00001.lock");
+        let a = ShardLock::acquire(&p).expect("first");
+        let err = ShardLock::acquire(&p).expect_err("second must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        assert_eq!(
+            holder(&p).expect("holder").map(|h| h.pid),
+            Some(std::process::id())
+        );
+        drop(a);
+        assert!(!p.exists());
+        assert_eq!(holder(&p).expect("holder"), None);
+        let _b = ShardLock::acquire(&p).expect("after release");
+    }
+
+    #[test]
+    fn stale_file_of_dead_holder_is_taken_over() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("x.lock");
+        let dead = LockInfo {
+            pid: 999_999_999,
+            hostname: hostname(),
+        };
+        std::fs::write(&p, serde_json::to_vec(&dead).expect("json")).expect("write");
+        let l = ShardLock::acquire(&p).expect("take over");
+        assert_eq!(l.took_over, Some(dead));
+        assert!(!pid_alive(999_999_999));
+        assert!(pid_alive(std::process::id()));
+    }
+}

@@ -1,0 +1,392 @@
+//! The shard worker: lock, journal, resume, commit, completion marker.
+//!
+//! Recipes plug in as a [`Processor`]; the worker owns everything that makes a
+//! rerun of a killed job safe:
+//! 1. take the shard lock (a second worker fails at once naming the holder);
+//! 2. a shard with a completion marker is not redone;
+//! 3. replay the journal (a torn tail is truncated), skip input rows already
+//!    recorded, process the rest, journaling results (fsync per flush);
+//! 4. when the input is exhausted, build the two shard files *from the
+//!    journal*, sorted, so an interrupted+resumed run and an uninterrupted one
+//!    write the same bytes; files already committed and matching the manifest
+//!    are kept; then the manifest, then the marker; then the journal goes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ingest::{IngestItem, IngestRow};
+use super::journal::{Journal, JournalEntry, JournalHeader, JOURNAL_FORMAT};
+use super::lock::ShardLock;
+use super::manifest::{read_json, write_json, DoneMarker, Manifest, ShardPaths, MARKER_FORMAT};
+use super::parquet_io::{tmp_path, write_parquet, CommittedFile, WriteOptions};
+use super::schema::{chains_schema, chains_to_batch, rejects_schema, rejects_to_batch};
+use super::{blake3_file, crash, io_err, Result, ShardSpec, StoreError};
+use crate::record::{Chain, Reject, Seed};
+
+/// What a processor made of one seed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Processed {
+    pub accepted: Vec<Chain>,
+    pub rejected: Vec<Reject>,
+}
+
+/// A recipe as the worker sees it. Must be deterministic: same seed, same result.
+pub trait Processor {
+    /// Process one seed. An `Err` stops the shard (work done so far is kept).
+    fn process(&mut self, seed: &Seed) -> std::result::Result<Processed, String>;
+
+    /// Process several seeds at once (recipes override this to put many
+    /// seeds' sequences into one decode batch). Returns one result per seed, in order.
+    fn process_batch(&mut self, seeds: &[Seed]) -> std::result::Result<Vec<Processed>, String> {
+        seeds.iter().map(|s| self.process(s)).collect()
+    }
+}
+
+impl<F> Processor for F
+where
+    F: FnMut(&Seed) -> std::result::Result<Processed, String>,
+{
+    fn process(&mut self, seed: &Seed) -> std::result::Result<Processed, String> {
+        self(seed)
+    }
+}
+
+/// Settings of one shard run.
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    pub out_dir: PathBuf,
+    /// Shard kind: the recipe name or another label; the directory under `OUT/shards/`.
+    pub kind: String,
+    pub shard: ShardSpec,
+    /// Journal fsync after this many results...
+    pub flush_every: usize,
+    /// ...or after this long, whichever comes first.
+    pub flush_interval: Duration,
+    /// Seeds handed to [`Processor::process_batch`] at once.
+    pub batch_seeds: usize,
+    pub write: WriteOptions,
+    /// Identity of inputs and settings; a journal of another job is refused.
+    pub fingerprint: String,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl ShardOptions {
+    pub fn new(out_dir: impl Into<PathBuf>, kind: &str, shard: ShardSpec) -> Self {
+        Self {
+            out_dir: out_dir.into(),
+            kind: kind.into(),
+            shard,
+            flush_every: 64,
+            flush_interval: Duration::from_secs(5),
+            batch_seeds: 16,
+            write: WriteOptions::default(),
+            fingerprint: String::new(),
+            progress: false,
+        }
+    }
+    pub fn paths(&self) -> ShardPaths {
+        ShardPaths::new(&self.out_dir, &self.kind, self.shard)
+    }
+}
+
+/// How the shard ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardState {
+    /// The completion marker was already there; nothing was done.
+    AlreadyDone,
+    /// This run finished the shard.
+    Completed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardOutcome {
+    pub state: ShardState,
+    /// Input rows of the shard.
+    pub seeds: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    /// Rows found already done in the journal at start (resumed work).
+    pub resumed: u64,
+    pub files: Vec<CommittedFile>,
+}
+
+/// Run (or resume, or confirm) one shard. `seeds` is the whole job input in
+/// order (e.g. an [`super::Ingest`]); rows of other shards are skipped.
+pub fn run_shard<I, P>(opts: &ShardOptions, seeds: I, processor: &mut P) -> Result<ShardOutcome>
+where
+    I: IntoIterator<Item = Result<IngestItem>>,
+    P: Processor + ?Sized,
+{
+    let paths = opts.paths();
+    std::fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+    let _lock = ShardLock::acquire(&paths.lock())?;
+    crash::point("lock.acquired");
+
+    if paths.done().exists() {
+        return already_done(&paths);
+    }
+    for p in [
+        paths.chains(),
+        paths.rejects(),
+        paths.manifest(),
+        paths.done(),
+    ] {
+        let t = tmp_path(&p);
+        if t.exists() {
+            std::fs::remove_file(&t).map_err(io_err(&t))?;
+        }
+    }
+
+    let header = JournalHeader {
+        format: JOURNAL_FORMAT.into(),
+        kind: opts.kind.clone(),
+        shard: opts.shard,
+        fingerprint: opts.fingerprint.clone(),
+    };
+    let (mut journal, done) = Journal::open(
+        &paths.journal(),
+        &header,
+        opts.flush_every,
+        opts.flush_interval,
+    )?;
+    let done: HashMap<u64, String> = done.into_iter().map(|e| (e.ordinal, e.seed_id)).collect();
+    let resumed = done.len() as u64;
+    if resumed > 0 {
+        tracing::info!("{}: resuming, {resumed} rows already done", opts.shard);
+    }
+
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_message(format!("{} {}", opts.kind, opts.shard));
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let result = process_input(opts, &paths, seeds, processor, &mut journal, &done, &bar);
+    // Keep every finished result, also when the input or the processor failed.
+    let flushed = journal.flush();
+    result?;
+    flushed?;
+    drop(journal);
+    bar.finish_and_clear();
+    let out = finish(opts, &paths)?;
+    Ok(ShardOutcome { resumed, ..out })
+}
+
+/// Feed this shard's not-yet-journaled rows to the processor, journaling results.
+fn process_input<I, P>(
+    opts: &ShardOptions,
+    paths: &ShardPaths,
+    seeds: I,
+    processor: &mut P,
+    journal: &mut Journal,
+    done: &HashMap<u64, String>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()>
+where
+    I: IntoIterator<Item = Result<IngestItem>>,
+    P: Processor + ?Sized,
+{
+    let mut batch: Vec<(u64, Seed)> = Vec::with_capacity(opts.batch_seeds.max(1));
+    let batch = &mut batch;
+    for item in seeds {
+        let item = item?;
+        if !opts.shard.owns(item.seed_id()) {
+            continue;
+        }
+        if let Some(id) = done.get(&item.ordinal) {
+            if id != item.seed_id() {
+                return Err(StoreError::Journal {
+                    path: paths.journal(),
+                    reason: format!(
+                        "input row {} was seed {id} and is now {}: the input changed; \
+                         use a new output directory",
+                        item.ordinal,
+                        item.seed_id()
+                    ),
+                });
+            }
+            continue;
+        }
+        match item.row {
+            IngestRow::Reject(r) => journal.append(&JournalEntry {
+                ordinal: item.ordinal,
+                seed_id: r.seed_id.clone(),
+                accepted: Vec::new(),
+                rejected: vec![r],
+            })?,
+            IngestRow::Seed(s) => {
+                batch.push((item.ordinal, s));
+                if batch.len() >= opts.batch_seeds.max(1) {
+                    run_batch(batch, processor, journal)?;
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    run_batch(batch, processor, journal)?;
+    Ok(())
+}
+
+fn run_batch<P: Processor + ?Sized>(
+    batch: &mut Vec<(u64, Seed)>,
+    processor: &mut P,
+    journal: &mut Journal,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let seeds: Vec<Seed> = batch.iter().map(|(_, s)| s.clone()).collect();
+    let results = processor
+        .process_batch(&seeds)
+        .map_err(StoreError::Processor)?;
+    if results.len() != seeds.len() {
+        return Err(StoreError::Processor(format!(
+            "process_batch returned {} results for {} seeds",
+            results.len(),
+            seeds.len()
+        )));
+    }
+    crash::point("worker.processed");
+    for ((ordinal, seed), p) in batch.drain(..).zip(results) {
+        journal.append(&JournalEntry {
+            ordinal,
+            seed_id: seed.id,
+            accepted: p.accepted,
+            rejected: p.rejected,
+        })?;
+    }
+    Ok(())
+}
+
+fn already_done(paths: &ShardPaths) -> Result<ShardOutcome> {
+    // A crash after the marker may leave the journal behind; it is no longer needed.
+    let j = paths.journal();
+    if j.exists() {
+        std::fs::remove_file(&j).map_err(io_err(&j))?;
+    }
+    let m: DoneMarker = read_json(&paths.done())?;
+    let manifest: Manifest = read_json(&paths.manifest())?;
+    for f in &manifest.files {
+        let p = paths.dir.join(&f.name);
+        let len = std::fs::metadata(&p).map_err(io_err(&p))?.len();
+        if len != f.bytes {
+            return Err(StoreError::Corrupt {
+                path: p,
+                reason: format!(
+                    "shard is marked done but the file has {len} bytes, manifest says {}; \
+                     run `cotforge verify`",
+                    f.bytes
+                ),
+            });
+        }
+    }
+    Ok(ShardOutcome {
+        state: ShardState::AlreadyDone,
+        seeds: m.seeds,
+        accepted: m.accepted,
+        rejected: m.rejected,
+        resumed: m.seeds,
+        files: manifest.files,
+    })
+}
+
+/// Whether `name` is committed per the manifest and the file on disk matches it.
+fn committed(paths: &ShardPaths, manifest: &Manifest, name: &str) -> bool {
+    let Some(entry) = manifest.get(name) else {
+        return false;
+    };
+    matches!(blake3_file(&paths.dir.join(name)), Ok((h, n)) if h == entry.blake3 && n == entry.bytes)
+}
+
+/// Write the shard's files from the journal, then the manifest and the marker.
+fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
+    let (_, entries) = super::journal::read_entries(&paths.journal())?;
+    let seeds = entries.len() as u64;
+    let mut chains: Vec<(u64, usize, Chain)> = Vec::new();
+    let mut rejects: Vec<(u64, usize, Reject)> = Vec::new();
+    for e in entries {
+        chains.extend(
+            e.accepted
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (e.ordinal, i, c)),
+        );
+        rejects.extend(
+            e.rejected
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (e.ordinal, i, r)),
+        );
+    }
+    // Canonical order: by seed, then chain id (chains) or input position (rejects).
+    chains
+        .sort_by(|a, b| (&a.2.seed_id, &a.2.id, a.0, a.1).cmp(&(&b.2.seed_id, &b.2.id, b.0, b.1)));
+    rejects.sort_by(|a, b| (&a.2.seed_id, a.0, a.1).cmp(&(&b.2.seed_id, b.0, b.1)));
+    let chains: Vec<Chain> = chains.into_iter().map(|x| x.2).collect();
+    let rejects: Vec<Reject> = rejects.into_iter().map(|x| x.2).collect();
+
+    let mut manifest = match read_json::<Manifest>(&paths.manifest()) {
+        Ok(m) if m.kind == opts.kind && m.shard_index == opts.shard.index => m,
+        _ => Manifest::new(&opts.kind, opts.shard),
+    };
+    let rg = opts.write.row_group_rows.max(1);
+    let name = |p: PathBuf| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let chains_name = name(paths.chains());
+    if !committed(paths, &manifest, &chains_name) {
+        let f = write_parquet(
+            &paths.chains(),
+            chains_schema(),
+            chains.chunks(rg).map(chains_to_batch),
+            &opts.write,
+        )?;
+        manifest.put(f);
+        write_json(&paths.manifest(), &manifest)?;
+        crash::point("manifest.committed");
+    }
+    let rejects_name = name(paths.rejects());
+    if !committed(paths, &manifest, &rejects_name) {
+        let f = write_parquet(
+            &paths.rejects(),
+            rejects_schema(),
+            rejects.chunks(rg).map(rejects_to_batch),
+            &opts.write,
+        )?;
+        manifest.put(f);
+        write_json(&paths.manifest(), &manifest)?;
+        crash::point("manifest.committed");
+    }
+    // Canonical manifest bytes regardless of which run committed which file.
+    manifest.files.sort_by(|a, b| a.name.cmp(&b.name));
+    let mbytes = write_json(&paths.manifest(), &manifest)?;
+    crash::point("marker.before");
+    let marker = DoneMarker {
+        format: MARKER_FORMAT.into(),
+        kind: opts.kind.clone(),
+        shard_index: opts.shard.index,
+        num_shards: opts.shard.count,
+        seeds,
+        accepted: chains.len() as u64,
+        rejected: rejects.len() as u64,
+        manifest_blake3: blake3::hash(&mbytes).to_hex().to_string(),
+    };
+    write_json(&paths.done(), &marker)?;
+    crash::point("marker.committed");
+    let j = paths.journal();
+    std::fs::remove_file(&j).map_err(io_err(&j))?;
+    super::parquet_io::fsync_dir(&paths.dir)?;
+    Ok(ShardOutcome {
+        state: ShardState::Completed,
+        seeds,
+        accepted: marker.accepted,
+        rejected: marker.rejected,
+        resumed: 0,
+        files: manifest.files,
+    })
+}

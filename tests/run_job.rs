@@ -1,0 +1,331 @@
+//! `cotforge run` end to end on the scripted engine: array workers equal a
+//! single worker, SIGTERM then rerun equals an uninterrupted run, and bad job
+//! files fail before any work with the key and its line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cotforge"))
+}
+
+fn repo(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(p)
+        .display()
+        .to_string()
+}
+
+/// The scripted demo job with absolute paths and `out` in `dir`.
+fn scripted_job(dir: &Path, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo("data/jobs/scripted.toml")).unwrap();
+    let out = dir.join(format!("out-{name}"));
+    let text = text
+        .replace(
+            "out = \"out/scripted\"",
+            &format!("out = {:?}", out.display().to_string()),
+        )
+        .replace(
+            "\"data/seeds/",
+            &format!("\"{}/data/seeds/", env!("CARGO_MANIFEST_DIR")),
+        );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn out_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("out-{name}"))
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let mut c = bin();
+    c.args(args);
+    if args[0] == "run" {
+        c.arg("--no-progress");
+    }
+    let o = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "cotforge {args:?} failed:\n{text}");
+    text
+}
+
+/// Every file of the final output and the export, as (relative path, bytes).
+fn final_files(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for sub in ["final/chains.parquet", "final/rejected-dedup.parquet"] {
+        v.push((sub.to_string(), std::fs::read(out.join(sub)).unwrap()));
+    }
+    let mut data: Vec<_> = std::fs::read_dir(out.join("export/data"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    data.sort();
+    assert!(!data.is_empty(), "export wrote no data files");
+    for p in data {
+        v.push((
+            p.file_name().unwrap().to_string_lossy().into_owned(),
+            std::fs::read(&p).unwrap(),
+        ));
+    }
+    v
+}
+
+fn assert_same_output(a: &Path, b: &Path) {
+    let (fa, fb) = (final_files(a), final_files(b));
+    assert_eq!(fa.len(), fb.len());
+    for ((na, ba), (nb, bb)) in fa.iter().zip(&fb) {
+        assert_eq!(na, nb);
+        assert!(
+            ba == bb,
+            "{na} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+#[test]
+fn four_array_workers_equal_one_worker_and_reruns_are_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = scripted_job(dir.path(), "single");
+    let text = run_ok(&["run", single.to_str().unwrap()]);
+    assert!(text.contains("final:"), "{text}");
+
+    // Four workers at once, as a Slurm array / k8s Indexed Job would start them.
+    let multi = scripted_job(dir.path(), "multi");
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            bin()
+                .args(["run", multi.to_str().unwrap(), "--no-progress"])
+                .env("SLURM_ARRAY_TASK_ID", i.to_string())
+                .env("SLURM_ARRAY_TASK_COUNT", "4")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "worker failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("cotforge finalize"));
+    }
+    run_ok(&["finalize", multi.to_str().unwrap()]);
+    assert_same_output(&out_of(dir.path(), "single"), &out_of(dir.path(), "multi"));
+
+    // A rerun of a finished job changes nothing and verify passes.
+    run_ok(&["run", single.to_str().unwrap()]);
+    assert_same_output(&out_of(dir.path(), "single"), &out_of(dir.path(), "multi"));
+    run_ok(&["verify", out_of(dir.path(), "single").to_str().unwrap()]);
+}
+
+#[test]
+fn sigterm_then_rerun_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = scripted_job(dir.path(), "reference");
+    run_ok(&["run", reference.to_str().unwrap()]);
+
+    let job = scripted_job(dir.path(), "interrupted");
+    let mut interrupted = 0;
+    for delay_ms in [300u64, 900, 1800, 3000] {
+        let child = bin()
+            .args(["run", job.to_str().unwrap(), "--no-progress"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        unsafe {
+            libc_kill(child.id() as i32, 15);
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        match o.status.code() {
+            Some(130) => {
+                interrupted += 1;
+                assert!(err.contains("rerun"), "{err}");
+            }
+            Some(0) => {} // finished before the signal
+            other => panic!("unexpected exit {other:?}: {err}"),
+        }
+    }
+    assert!(
+        interrupted >= 1,
+        "no run was interrupted; the signal test tested nothing"
+    );
+    run_ok(&["run", job.to_str().unwrap()]);
+    assert_same_output(
+        &out_of(dir.path(), "reference"),
+        &out_of(dir.path(), "interrupted"),
+    );
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Write `body` as a job file and return cotforge's error output.
+fn job_error(dir: &Path, body: &str) -> String {
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, body).unwrap();
+    let o = bin()
+        .args(["run", p.to_str().unwrap(), "--no-progress"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a bad job ran:\n{body}");
+    assert!(!dir.join("never").exists(), "a bad job wrote output");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_job_files_point_at_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let seeds = repo("data/seeds/gsm8k.parquet");
+    let out = d.join("never").display().to_string();
+    let base = |engine: &str, recipe_extra: &str| {
+        format!("out = {out:?}\n\n[engine]\n{engine}\n\n[[recipe]]\nkind = \"marco_cot\"\nseeds = [{seeds:?}]\n{recipe_extra}")
+    };
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("unknown key", base("kind = \"scripted\"\nn_paralel = 4", ""), vec!["bad.toml", "line 5", "n_paralel"]),
+        ("wrong type", base("kind = \"scripted\"\nn_parallel = \"eight\"", ""), vec!["bad.toml", "line 5", "n_parallel"]),
+        ("missing model", base("kind = \"llama\"\nmodel = \"/nowhere/model.gguf\"", ""), vec!["bad.toml:5", "engine.model", "/nowhere/model.gguf", "setup.sh"]),
+        (
+            "missing seed file",
+            format!("out = {out:?}\n[engine]\nkind = \"scripted\"\n[[recipe]]\nkind = \"open_o1\"\nseeds = [\"/nowhere/seeds.parquet\"]\n"),
+            vec!["bad.toml:6", "recipe[0].seeds", "/nowhere/seeds.parquet", "seeds import"],
+        ),
+        (
+            "reward threshold outside [0, 1]",
+            base("kind = \"scripted\"", "[[recipe.filters]]\ntype = \"format\"\n[[recipe.filters]]\ntype = \"reward\"\nmin_reward = 1.5\n"),
+            vec!["bad.toml:13", "recipe[0].filters[1].min_reward", "[0, 1]"],
+        ),
+        ("n_parallel 0", base("kind = \"scripted\"\nn_parallel = 0", ""), vec!["bad.toml:5", "engine.n_parallel", "at least 1"]),
+        ("no recipe", format!("out = {out:?}\n[engine]\nkind = \"scripted\"\n"), vec!["bad.toml", "recipe"]),
+        (
+            "section of another recipe",
+            base("kind = \"scripted\"", "[recipe.instruction]\nn = 2\n"),
+            vec!["bad.toml:9", "recipe[0].instruction", "instruction only"],
+        ),
+    ];
+    for (name, body, needles) in cases {
+        let err = job_error(d, &body);
+        for n in needles {
+            assert!(
+                err.contains(n),
+                "{name}: expected {n:?} in:\n{err}\n--- job:\n{body}"
+            );
+        }
+    }
+}
+
+#[cfg(feature = "llama")]
+#[test]
+fn real_model_end_to_end_all_three_recipes() {
+    let Some(model) = common::model_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // A handful of seeds per recipe, small budgets: the machinery, not accuracy.
+    let job = format!(
+        r#"seed = 3
+out = {out:?}
+num_shards = 2
+
+[engine]
+model = {model:?}
+threads = 2
+n_parallel = 8
+n_ctx = 8192
+
+[store]
+batch_seeds = 8
+
+[[recipe]]
+kind = "open_o1"
+seeds = [{cot:?}]
+limit = 3
+[[recipe.filters]]
+type = "format"
+[[recipe.filters]]
+type = "reward"
+min_reward = 0.3
+
+[[recipe]]
+kind = "marco_cot"
+seeds = [{gsm:?}]
+limit = 3
+[recipe.search]
+max_rollouts = 3
+expand_k = 2
+max_tree_tokens = 400
+max_thought_tokens = 160
+answer_max_tokens = 24
+[[recipe.filters]]
+type = "format"
+[[recipe.filters]]
+type = "reward"
+min_reward = 0.3
+
+[[recipe]]
+kind = "instruction"
+seeds = [{inst:?}]
+limit = 3
+[recipe.instruction]
+n = 2
+max_tokens = 48
+[[recipe.filters]]
+type = "reward"
+min_reward = 0.3
+"#,
+        out = out.display().to_string(),
+        model = model.display().to_string(),
+        cot = repo("data/seeds/cot_demo.parquet"),
+        gsm = repo("data/seeds/gsm8k.parquet"),
+        inst = repo("data/seeds/self_instruct.parquet"),
+    );
+    let p = dir.path().join("job.toml");
+    std::fs::write(&p, job).unwrap();
+    let text = run_ok(&["run", p.to_str().unwrap()]);
+    println!("{text}");
+    for recipe in ["open_o1", "marco_cot", "instruction"] {
+        let line = text.lines().find(|l| {
+            l.trim_start().starts_with(recipe)
+                && l.contains('|') == false
+                && l.split_whitespace().count() == 3
+        });
+        let accepted: usize = line
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(accepted > 0, "{recipe} accepted no rows:\n{text}");
+    }
+    run_ok(&["verify", out.to_str().unwrap()]);
+    // The export loads with pyarrow (skipped only with COTFORGE_SKIP_PY=1).
+    if std::env::var("COTFORGE_SKIP_PY").as_deref() != Ok("1") {
+        let o = Command::new("python3")
+            .args(["-c", "import sys, pyarrow.parquet as pq, glob; fs = glob.glob(sys.argv[1] + '/data/*.parquet'); n = sum(pq.read_table(f).num_rows for f in fs); assert fs and n > 0, (fs, n); print(n)"])
+            .arg(out.join("export"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "pyarrow could not read the export: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
