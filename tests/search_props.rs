@@ -135,7 +135,8 @@ proptest! {
             // A tree's tokens are evaluated once while cached: at most one
             // re-fed token per stream on top of the distinct tokens.
             prop_assert!(
-                r.stats.engine_tokens_evaluated <= r.stats.distinct_tokens + r.stats.rollouts as u64,
+                r.stats.engine_tokens_evaluated
+                    <= r.stats.distinct_tokens + r.stats.discarded_tokens + r.stats.rollouts as u64,
                 "{} > {} + {}", r.stats.engine_tokens_evaluated, r.stats.distinct_tokens, r.stats.rollouts
             );
         }

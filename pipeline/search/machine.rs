@@ -71,6 +71,8 @@ struct Stream {
     act_tokens: Vec<Token>,
     act_conf: Vec<f32>,
     act_bytes: Vec<u8>,
+    /// Byte length of `act_bytes` after each action token.
+    act_ends: Vec<usize>,
     ans_tokens: Vec<Token>,
     ans_conf: Vec<f32>,
     ans_bytes: Vec<u8>,
@@ -92,6 +94,8 @@ struct Stream {
 #[derive(Debug, Clone)]
 struct Injected {
     close: Vec<Token>,
+    /// Texts that end a thought when the model writes them (from the close tag).
+    markers: Vec<String>,
     output_close: String,
     reflection_glued: Vec<Token>,
     reflection_glued_text: String,
@@ -116,8 +120,21 @@ pub struct TreeSearch {
     rollouts: u32,
     iterations: u32,
     used: u32,
+    /// Evaluated tokens later cut out of a sequence and absent from the tree.
+    discarded: u64,
     exhausted: Vec<bool>,
     stop: Option<StopReason>,
+}
+
+/// Index of the first action token that touches an answer marker, if the
+/// action bytes contain one (`ends[k]` = bytes after token k).
+fn marker_cut(bytes: &[u8], ends: &[usize], markers: &[String]) -> Option<usize> {
+    let start = markers
+        .iter()
+        .filter(|m| !m.is_empty())
+        .filter_map(|m| bytes.windows(m.len()).position(|w| w == m.as_bytes()))
+        .min()?;
+    ends.iter().position(|&e| e > start)
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -172,6 +189,11 @@ impl TreeSearch {
         let plain_text = format!("{}{}", prompts.reflection, prompts.reflection_after);
         let inj = Injected {
             close: engine.tokenize(&prompts.thought_close, false)?,
+            markers: prompts
+                .thought_close
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
             output_close: prompts.output_close.clone(),
             reflection_glued: engine.tokenize(&glued_text, false)?,
             reflection_glued_text: glued_text,
@@ -196,6 +218,7 @@ impl TreeSearch {
             rollouts: 0,
             iterations: 0,
             used: 0,
+            discarded: 0,
             exhausted: vec![false],
             stop: None,
             cfg,
@@ -386,6 +409,7 @@ impl TreeSearch {
                 act_tokens: Vec::new(),
                 act_conf: Vec::new(),
                 act_bytes: Vec::new(),
+                act_ends: Vec::new(),
                 ans_tokens: Vec::new(),
                 ans_conf: Vec::new(),
                 ans_bytes: Vec::new(),
@@ -470,6 +494,7 @@ impl TreeSearch {
         let tokens = std::mem::take(&mut s.act_tokens);
         let conf = std::mem::take(&mut s.act_conf);
         let text = lossy(&std::mem::take(&mut s.act_bytes));
+        s.act_ends.clear();
         let parent = s.cur;
         let key = self.next_key(i);
         let id = self.tree.add_child(parent, tokens, conf, text, false, key);
@@ -637,6 +662,19 @@ impl TreeSearch {
                 s.act_tokens.push(out.token);
                 s.act_conf.push(out.confidence);
                 s.act_bytes.extend_from_slice(&out.piece);
+                s.act_ends.push(s.act_bytes.len());
+                if let Some(cut) = marker_cut(&s.act_bytes, &s.act_ends, &self.inj.markers) {
+                    // The model wrote the answer marker itself: the thought ends
+                    // before it, and the pipeline writes the tags.
+                    // The dropped tokens were evaluated, except the one just sampled.
+                    self.discarded += (s.act_tokens.len() - cut).saturating_sub(1) as u64;
+                    s.act_tokens.truncate(cut);
+                    s.act_conf.truncate(cut);
+                    let keep = if cut == 0 { 0 } else { s.act_ends[cut - 1] };
+                    s.act_bytes.truncate(keep);
+                    s.act_ends.truncate(cut);
+                    return Ok(self.end_thought(i, TerminalCause::AnswerMarker));
+                }
                 if self.is_boundary(&self.streams[i]) {
                     self.seal(i);
                     if self.tree.node(self.streams[i].cur).seg_depth >= self.cfg.max_depth {
@@ -805,6 +843,7 @@ impl TreeSearch {
             max_depth: depth,
             tokens_sampled: self.used,
             distinct_tokens: distinct,
+            discarded_tokens: self.discarded,
             engine_tokens_evaluated: engine_tokens,
             resend_tokens,
             stop: self.stop,
@@ -847,5 +886,20 @@ impl TreeSearch {
             stats,
             tree: export,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::marker_cut;
+
+    #[test]
+    fn marker_cut_finds_the_first_token_touching_a_marker() {
+        let m = vec!["</Thought>".to_string(), "<Output>".to_string()];
+        // tokens: "so 5", ".</", "Thought>"
+        let b = b"so 5.</Thought>";
+        assert_eq!(marker_cut(b, &[4, 7, 15], &m), Some(1));
+        assert_eq!(marker_cut(b"so 5.", &[4, 5], &m), None);
+        assert_eq!(marker_cut(b"<Output>", &[8], &m), Some(0));
     }
 }

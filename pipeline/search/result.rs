@@ -58,6 +58,9 @@ pub struct TreeStats {
     pub tokens_sampled: u32,
     /// Tokens in the tree's trie (prompt, actions, close tags, answers).
     pub distinct_tokens: u64,
+    /// Evaluated tokens cut out again (an answer marker the model wrote itself).
+    #[serde(default)]
+    pub discarded_tokens: u64,
     /// Tokens the engine evaluated for this tree (driver accounting).
     pub engine_tokens_evaluated: u64,
     /// What a search that resends the whole path for every rollout would evaluate.

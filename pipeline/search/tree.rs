@@ -27,6 +27,8 @@ pub enum TerminalCause {
     DepthCap,
     /// The chain reached `max_thought_tokens`, or its rollout's token allotment ran out.
     TokenBudget,
+    /// The model wrote the answer marker (`</Thought>` / `<Output>`) itself.
+    AnswerMarker,
 }
 
 /// What a chain ending at a terminal node answered.
