@@ -129,6 +129,12 @@ fn main() {
         rep.tokens_evaluated as f64 / rep.resend_tokens.max(1) as f64
     );
     println!(
+        "  evaluated / per-action    {} / {} = {:.3}",
+        rep.tokens_evaluated,
+        rep.resend_per_action_tokens,
+        rep.tokens_evaluated as f64 / rep.resend_per_action_tokens.max(1) as f64
+    );
+    println!(
         "  decode share of wall      {:.1}% (sampling+confidence {:.1}%)",
         100.0 * rep.decode_seconds / rep.wall_seconds,
         100.0 * rep.sample_seconds / rep.wall_seconds

@@ -157,6 +157,7 @@ fn kv_reuse_evaluates_about_the_distinct_tokens() {
             starts
         );
         assert!(r.stats.resend_tokens > r.stats.engine_tokens_evaluated);
+        assert!(r.stats.resend_per_action_tokens > 2 * r.stats.engine_tokens_evaluated);
     }
 }
 

@@ -197,7 +197,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     let hours = report.wall_seconds / 3600.0;
     eprintln!(
         "{} seeds, {} chains in {:.1}s ({:.0} seeds/hour); {} tokens sampled, {} evaluated \
-         ({:.2}x distinct tree tokens, {:.2}x of resend-whole-path); decode {:.0}% of wall; out: {}",
+         ({:.2}x distinct tree tokens, {:.2}x of resend-path-per-rollout, {:.2}x of per-action); decode {:.0}% of wall; out: {}",
         results.len(),
         chains,
         report.wall_seconds,
@@ -206,6 +206,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
         report.tokens_evaluated,
         report.tokens_evaluated as f64 / report.distinct_tokens.max(1) as f64,
         report.tokens_evaluated as f64 / report.resend_tokens.max(1) as f64,
+        report.tokens_evaluated as f64 / report.resend_per_action_tokens.max(1) as f64,
         100.0 * report.decode_seconds / report.wall_seconds.max(1e-12),
         a.out.display()
     );

@@ -76,6 +76,7 @@ pub struct DriverReport {
     pub attributed_tokens: u64,
     pub distinct_tokens: u64,
     pub resend_tokens: u64,
+    pub resend_per_action_tokens: u64,
     pub forks: u64,
     pub fresh_sequences: u64,
     pub evictions: u64,
@@ -211,6 +212,10 @@ pub fn run_many(
         .collect::<Result<Vec<_>, _>>()?;
     rep.distinct_tokens = results.iter().map(|r| r.stats.distinct_tokens).sum();
     rep.resend_tokens = results.iter().map(|r| r.stats.resend_tokens).sum();
+    rep.resend_per_action_tokens = results
+        .iter()
+        .map(|r| r.stats.resend_per_action_tokens)
+        .sum();
     Ok((results, d.report))
 }
 

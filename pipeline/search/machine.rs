@@ -835,6 +835,21 @@ impl TreeSearch {
             .map(|t| re_path(self.tree.path(t)))
             .unwrap_or_default();
         let distinct = self.tree.distinct_tokens(self.inj.close.len());
+        // A search that sends every action as its own request, whole path
+        // included, evaluates each node's prefix again (answers likewise).
+        let per_action: u64 = self
+            .tree
+            .nodes
+            .iter()
+            .skip(1)
+            .map(|n| {
+                let action = n.path_len as u64;
+                let answer = n.answer.as_ref().map_or(0, |a| {
+                    (n.path_len as usize + self.inj.close.len() + a.tokens.len()) as u64
+                });
+                action + answer
+            })
+            .sum();
         let depth = self.tree.nodes.iter().map(|n| n.depth).max().unwrap_or(0);
         let stats = TreeStats {
             rollouts: self.rollouts,
@@ -844,6 +859,7 @@ impl TreeSearch {
             tokens_sampled: self.used,
             distinct_tokens: distinct,
             discarded_tokens: self.discarded,
+            resend_per_action_tokens: per_action,
             engine_tokens_evaluated: engine_tokens,
             resend_tokens,
             stop: self.stop,

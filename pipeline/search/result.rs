@@ -65,6 +65,10 @@ pub struct TreeStats {
     pub engine_tokens_evaluated: u64,
     /// What a search that resends the whole path for every rollout would evaluate.
     pub resend_tokens: u64,
+    /// What a search that sends every action (and answer) as its own request,
+    /// whole path included, would evaluate (Marco-o1's released code does this).
+    #[serde(default)]
+    pub resend_per_action_tokens: u64,
     pub stop: Option<StopReason>,
 }
 
