@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+pub mod engine_args;
+pub mod export;
 pub mod generate;
+pub mod search;
 pub mod store;
 
 #[derive(Debug, Parser)]
@@ -27,6 +31,13 @@ pub struct Cli {
 pub enum Command {
     /// Sample completions from a model and print them with their mean confidence.
     Generate(generate::GenerateArgs),
+    /// Run the confidence-guided MCTS over seeds (JSONL) and write chains and trees.
+    Search(search::SearchArgs),
+    /// Draw a search tree JSON in the terminal.
+    InspectTree(search::InspectTreeArgs),
+    /// Benchmarks against llama.cpp's own tools (see scripts/bench.sh).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Seed sets: `seeds import` converts JSON/JSONL to seed Parquet.
     Seeds(store::SeedsArgs),
     /// Per-shard state of a job directory: pending, running, done, corrupt.
@@ -36,6 +47,12 @@ pub enum Command {
     /// Run one shard with the scripted engine (tests and wiring example).
     #[command(hide = true)]
     ShardWorker(store::ShardWorkerArgs),
+    /// Export chains as SFT data in the Hugging Face layout.
+    Export(export::ExportArgs),
+    /// Print a summary table of an output directory.
+    Stats(export::StatsArgs),
+    /// Write a self-contained HTML report of an output directory.
+    Report(export::ReportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -48,10 +65,16 @@ pub fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Search(a) => search::run(a),
+        Command::InspectTree(a) => search::inspect(a),
+        Command::Bench(c) => bench::run(c),
         Command::Seeds(a) => store::run_seeds(a),
         Command::Status(a) => store::run_status(a),
         Command::Verify(a) => store::run_verify(a),
         Command::ShardWorker(a) => store::run_shard_worker(a),
+        Command::Export(a) => export::run_export(a),
+        Command::Stats(a) => export::run_stats(a),
+        Command::Report(a) => export::run_report(a),
     };
     match result {
         Ok(code) => code,

@@ -447,36 +447,89 @@ impl<B: Backend> Engine for Core<B> {
     }
 
     fn score(&mut self, context: &[Token], text: &[Token]) -> Result<Vec<TokenOut>> {
-        if context.is_empty() || text.is_empty() {
-            return Err(EngineError::Tokenize(
-                "score needs at least one context token and one text token".into(),
-            ));
-        }
-        let seq = self.new_sequence()?;
-        let result = (|| {
-            self.append(seq, context)?;
-            self.append(seq, text)?;
-            let first = context.len() - 1; // logits here predict text[0]
-            let batches = self.plan(&[seq], false)?;
-            let mut scored: Vec<Scored> = Vec::with_capacity(text.len());
-            for mut batch in batches {
-                for (_, e) in batch.iter_mut() {
-                    let p = e.pos as usize;
-                    e.logits = p >= first && p + 1 < context.len() + text.len();
-                }
-                self.run_batch(&batch, &mut |_, logits| {
-                    let tok = text[scored.len()];
-                    scored.push(Scored::new(tok, logits));
-                    Ok(())
-                })?;
+        let mut out = self.score_many(&[(context, text)])?;
+        out.pop()
+            .ok_or_else(|| EngineError::Backend("score returned nothing".into()))
+    }
+
+    fn score_many(&mut self, items: &[(&[Token], &[Token])]) -> Result<Vec<Vec<TokenOut>>> {
+        for (context, text) in items {
+            if context.is_empty() || text.is_empty() {
+                return Err(EngineError::Tokenize(
+                    "score needs at least one context token and one text token".into(),
+                ));
             }
-            Ok(scored
-                .into_iter()
-                .map(|s| s.into_out(&self.backend))
-                .collect())
-        })();
-        self.release(seq)?;
-        result
+            if context.len() + text.len() > self.limits.n_ctx {
+                return Err(EngineError::ContextFull {
+                    seq: SeqId(u32::MAX),
+                    pos: context.len() + text.len(),
+                    n_ctx: self.limits.n_ctx,
+                });
+            }
+        }
+        let mut results: Vec<Vec<Scored>> = items
+            .iter()
+            .map(|(_, t)| Vec::with_capacity(t.len()))
+            .collect();
+        let mut next = 0;
+        while next < items.len() {
+            // A group: as many items as free slots, parallel width and KV cells allow (at least one).
+            let slots = self.free_slots.len().min(self.limits.n_parallel).max(1);
+            let mut room = self.limits.n_ctx.saturating_sub(self.cells.used);
+            let mut group = Vec::new();
+            while next < items.len() && group.len() < slots {
+                let need = items[next].0.len() + items[next].1.len();
+                if !group.is_empty() && need > room {
+                    break;
+                }
+                room = room.saturating_sub(need);
+                group.push(next);
+                next += 1;
+            }
+            let mut seqs: Vec<(SeqId, usize)> = Vec::with_capacity(group.len());
+            let run = (|| {
+                for &i in &group {
+                    let seq = self.new_sequence()?;
+                    seqs.push((seq, i));
+                    self.append(seq, items[i].0)?;
+                    self.append(seq, items[i].1)?;
+                }
+                let ids: Vec<SeqId> = seqs.iter().map(|&(s, _)| s).collect();
+                for mut batch in self.plan(&ids, false)? {
+                    for (seq, e) in batch.iter_mut() {
+                        let i = seqs
+                            .iter()
+                            .find(|(s, _)| s == seq)
+                            .map(|&(_, i)| i)
+                            .unwrap_or(0);
+                        let (c, t) = items[i];
+                        let p = e.pos as usize;
+                        // Logits at position p predict token p + 1: the text's tokens.
+                        e.logits = p + 1 >= c.len() && p + 1 < c.len() + t.len();
+                    }
+                    self.run_batch(&batch, &mut |seq, logits| {
+                        let i = seqs
+                            .iter()
+                            .find(|(s, _)| *s == seq)
+                            .map(|&(_, i)| i)
+                            .unwrap_or(0);
+                        let k = results[i].len();
+                        let tok = items[i].1[k];
+                        results[i].push(Scored::new(tok, logits));
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            })();
+            for (seq, _) in seqs {
+                self.release(seq)?;
+            }
+            run?;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.into_iter().map(|s| s.into_out(&self.backend)).collect())
+            .collect())
     }
 
     fn stats(&self) -> &EngineStats {

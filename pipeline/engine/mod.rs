@@ -13,8 +13,10 @@
 //! keeps one decode call per step for all active sequences, the way
 //! llama.cpp's own batched tools work.
 
+pub mod bench;
 pub mod confidence;
 pub mod core;
+pub mod generate;
 #[cfg(feature = "llama")]
 pub mod llama;
 pub mod sampling;
@@ -24,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use confidence::{confidence, top_k_logits, TOP_K};
 pub use core::{Backend, BatchEntry, Core, CoreLimits};
+#[cfg(feature = "llama")]
+pub use llama::{FlashAttn, LlamaConfig, LlamaEngine};
 pub use sampling::SamplingParams;
 pub use scripted::{ScriptedConfig, ScriptedEngine};
 
@@ -175,6 +179,10 @@ pub trait Engine {
     /// `context`, from forward passes with logits at every position.
     /// `text` must be non-empty and `context` must hold at least one token.
     fn score(&mut self, context: &[Token], text: &[Token]) -> Result<Vec<TokenOut>>;
+
+    /// [`Engine::score`] for many `(context, text)` pairs, packed into shared
+    /// decode calls. Results are in input order.
+    fn score_many(&mut self, items: &[(&[Token], &[Token])]) -> Result<Vec<Vec<TokenOut>>>;
 
     fn stats(&self) -> &EngineStats;
 }

@@ -68,6 +68,9 @@ const WORDS: &[&str] = &[
     "7",
     "8",
     "9",
+    "<|assistant|>",
+    "<|user|>",
+    "<|system|>",
 ];
 const EOS: Token = 256;
 const STEP: Token = 257;
@@ -76,6 +79,10 @@ const OPEN_OUTPUT: Token = 259;
 /// First token the scripted model may generate in a thought (after the tags).
 const FIRST_WORD: Token = 262;
 const FIRST_DIGIT: Token = 256 + 43; // "0"
+const ASSISTANT: Token = 256 + 53;
+const THOUGHT: Token = 261;
+/// Words the scripted model generates in a thought: " Let" .. "9", not the chat markers.
+const LAST_WORD: Token = ASSISTANT - 1;
 
 /// Settings of the scripted model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,10 +168,12 @@ impl ScriptedBackend {
             out[CLOSE_OUTPUT as usize] = -2.0 + 2.0 * since as f32;
             return out;
         }
-        let since_step = ctx.iter().rev().take_while(|&&t| t != STEP).count() as f32;
-        let thought = ctx.iter().rev().take_while(|&&t| t != 5 + 256).count() as f32;
-        for t in FIRST_WORD as usize..n {
-            out[t] = 4.0 * noise(t);
+        let since =
+            |marks: &[Token]| ctx.iter().rev().take_while(|t| !marks.contains(t)).count() as f32;
+        let since_step = since(&[STEP, THOUGHT, ASSISTANT]);
+        let thought = since(&[THOUGHT, ASSISTANT]);
+        for t in FIRST_WORD as usize..=LAST_WORD as usize {
+            out[t] = 7.0 * noise(t).powi(3);
         }
         out[STEP as usize] = -4.0 + 6.0 * since_step / self.cfg.step_len as f32;
         out[EOS as usize] = -6.0 + 8.0 * thought / self.cfg.thought_len as f32;
@@ -228,7 +237,12 @@ impl Backend for ScriptedBackend {
     fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
         let mut s = String::new();
         for m in messages {
-            s.push_str(&format!("<|{}|>\n{}\n", m.role, m.content));
+            // Roles other than the three markers render as user turns.
+            let role = match m.role.as_str() {
+                "system" | "assistant" => m.role.as_str(),
+                _ => "user",
+            };
+            s.push_str(&format!("<|{role}|>\n{}\n", m.content));
         }
         s.push_str("<|assistant|>\n");
         Ok(s)

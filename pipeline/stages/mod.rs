@@ -1,1 +1,63 @@
-//! stages (see DESIGN.md).
+//! Stages between generation and the shard writer: filters ([`filter`]),
+//! deduplication ([`dedup`]) and the SFT export ([`export`]). Every stage
+//! works on in-memory [`Chain`] rows and returns what it rejected as
+//! [`Reject`] rows with a reason, so nothing is silently dropped.
+
+pub mod answer;
+pub mod dedup;
+pub mod export;
+pub mod filter;
+pub mod format;
+pub mod minhash;
+
+pub use answer::{answers_match, extract_final_answer};
+pub use dedup::{Dedup, DedupConfig, SignatureIndex};
+pub use filter::{Filter, FilterChain, FilterConfig, FilterContext};
+pub use format::{check_format, render, FormatError, Style};
+
+use crate::record::{Chain, Reject};
+
+/// Errors of the stages module.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("invalid stage config: {0}")]
+    Config(String),
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signature index {path}: {msg}")]
+    Index {
+        path: std::path::PathBuf,
+        msg: String,
+    },
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl StageError {
+    pub(crate) fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        StageError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// A [`Reject`] for a chain, with the chain serialized as JSON so nothing is lost.
+pub fn reject_for(chain: &Chain, stage: &str, reason: String) -> Reject {
+    Reject {
+        seed_id: chain.seed_id.clone(),
+        chain_id: Some(chain.id.clone()),
+        recipe: chain.recipe,
+        stage: stage.to_string(),
+        reason,
+        row: serde_json::to_string(chain).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,593 @@
+//! The scheduler: runs many [`TreeSearch`]es against one engine, packing the
+//! pending streams of all trees into each `engine.step` (up to
+//! `n_parallel` sequences), and owning the KV reuse.
+//!
+//! KV reuse: a stream's sequence is forked from whatever cached sequence of
+//! its tree holds the deepest prefix of its start state (a finished stream
+//! kept as a cache entry, or a running stream), so a tree costs roughly its
+//! distinct tokens. The engine's seq-id pool and KV cells are finite: cache
+//! entries are evicted least-recently-used when a slot or cells are needed,
+//! and a state whose sequence was evicted is rebuilt from the nearest cached
+//! ancestor (or from scratch): slower, never wrong.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, EngineError, SeqId, StepRequest};
+
+use super::machine::{Ctl, StreamId, StreamStart, TreeSearch};
+use super::result::TreeResult;
+use super::tree::NodeId;
+use super::SearchError;
+
+/// Scheduler settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriverConfig {
+    /// Most pending tokens put into one step; keep at or below the engine's
+    /// n_batch so one step is one decode call.
+    pub max_batch_tokens: usize,
+    /// Most finished-stream sequences kept cached (`None`: as many as the
+    /// seq-id pool allows; `Some(0)` disables reuse across iterations).
+    pub max_cached: Option<usize>,
+    /// Most trees running at once (`None`: as many as needed to fill a step).
+    pub max_active_trees: Option<usize>,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 2048,
+            max_cached: None,
+            max_active_trees: None,
+        }
+    }
+}
+
+/// What one step of the driver looked like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepInfo {
+    /// Sequences stepped.
+    pub sequences: u32,
+    /// Trees activated and not finished.
+    pub active_trees: u32,
+    /// Whether trees were still waiting to be activated.
+    pub queue_pending: bool,
+    /// Engine decode calls the step made.
+    pub decode_calls: u32,
+}
+
+/// Counters of one `run_many`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriverReport {
+    pub trees: usize,
+    pub steps: Vec<StepInfo>,
+    pub decode_calls: u64,
+    /// Sequences per decode call (engine stats, this run only).
+    pub batch_sequences: Vec<u32>,
+    pub tokens_evaluated: u64,
+    pub tokens_sampled: u64,
+    pub decode_seconds: f64,
+    pub sample_seconds: f64,
+    pub wall_seconds: f64,
+    /// Tokens the driver attributed to trees (equals `tokens_evaluated` for a
+    /// correct engine).
+    pub attributed_tokens: u64,
+    pub distinct_tokens: u64,
+    pub resend_tokens: u64,
+    pub forks: u64,
+    pub fresh_sequences: u64,
+    pub evictions: u64,
+}
+
+/// Progress after each finished tree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub trees_done: usize,
+    pub trees_total: usize,
+    pub tokens_sampled: u64,
+    pub tokens_evaluated: u64,
+    pub elapsed_seconds: f64,
+}
+
+struct Running {
+    tree: usize,
+    stream: StreamId,
+    seq: SeqId,
+    covers: Vec<(NodeId, usize)>,
+    last_step: u64,
+    order: u64,
+}
+
+struct Cached {
+    tree: usize,
+    seq: SeqId,
+    covers: Vec<(NodeId, usize)>,
+    last_use: u64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Acct {
+    evaluated: u64,
+    resend: u64,
+}
+
+enum Source {
+    Running(usize),
+    Cached(usize),
+}
+
+struct Driver<'a> {
+    engine: &'a mut dyn Engine,
+    cfg: DriverConfig,
+    trees: Vec<Option<TreeSearch>>,
+    results: Vec<Option<TreeResult>>,
+    acct: Vec<Acct>,
+    queue: std::collections::VecDeque<usize>,
+    active: Vec<usize>,
+    waiting: Vec<(usize, StreamStart)>,
+    running: Vec<Running>,
+    cache: Vec<Cached>,
+    tick: u64,
+    order: u64,
+    report: DriverReport,
+    done: usize,
+}
+
+/// Run every tree to completion; results come back in input order.
+/// `on_done` is called as each tree finishes (for progress bars and streaming writes).
+pub fn run_many(
+    engine: &mut dyn Engine,
+    trees: Vec<TreeSearch>,
+    cfg: &DriverConfig,
+    on_done: &mut dyn FnMut(&TreeResult, &Progress),
+) -> Result<(Vec<TreeResult>, DriverReport), SearchError> {
+    let n = trees.len();
+    let base = engine.stats().clone();
+    let t0 = Instant::now();
+    let mut d = Driver {
+        engine,
+        cfg: cfg.clone(),
+        trees: trees.into_iter().map(Some).collect(),
+        results: (0..n).map(|_| None).collect(),
+        acct: vec![Acct::default(); n],
+        queue: (0..n).collect(),
+        active: Vec::new(),
+        waiting: Vec::new(),
+        running: Vec::new(),
+        cache: Vec::new(),
+        tick: 0,
+        order: 0,
+        report: DriverReport {
+            trees: n,
+            ..Default::default()
+        },
+        done: 0,
+    };
+    let r = d.run(&base, t0, on_done);
+    // Free everything this run still holds, whatever happened.
+    for c in std::mem::take(&mut d.cache) {
+        let _ = d.engine.release(c.seq);
+    }
+    for s in std::mem::take(&mut d.running) {
+        let _ = d.engine.release(s.seq);
+    }
+    r?;
+    let st = d.engine.stats();
+    let rep = &mut d.report;
+    rep.decode_calls = st.decode_calls - base.decode_calls;
+    rep.batch_sequences = st.batch_sequences[base.batch_sequences.len()..].to_vec();
+    rep.tokens_evaluated = st.tokens_evaluated - base.tokens_evaluated;
+    rep.tokens_sampled = st.tokens_sampled - base.tokens_sampled;
+    rep.decode_seconds = st.decode_seconds - base.decode_seconds;
+    rep.sample_seconds = st.sample_seconds - base.sample_seconds;
+    rep.wall_seconds = t0.elapsed().as_secs_f64();
+    let results = d
+        .results
+        .into_iter()
+        .map(|r| r.ok_or(SearchError::Internal("a tree produced no result")))
+        .collect::<Result<Vec<_>, _>>()?;
+    rep.distinct_tokens = results.iter().map(|r| r.stats.distinct_tokens).sum();
+    rep.resend_tokens = results.iter().map(|r| r.stats.resend_tokens).sum();
+    Ok((results, d.report))
+}
+
+impl Driver<'_> {
+    fn run(
+        &mut self,
+        base: &crate::engine::EngineStats,
+        t0: Instant,
+        on_done: &mut dyn FnMut(&TreeResult, &Progress),
+    ) -> Result<(), SearchError> {
+        loop {
+            self.poll_active(base, t0, on_done)?;
+            self.materialize()?;
+            // Fill the step: activate trees until enough streams run.
+            while self.running.len() < self.engine.n_parallel()
+                && self
+                    .cfg
+                    .max_active_trees
+                    .is_none_or(|m| self.active.len() < m)
+            {
+                let Some(t) = self.queue.pop_front() else {
+                    break;
+                };
+                self.active.push(t);
+                self.poll_active(base, t0, on_done)?;
+                self.materialize()?;
+            }
+            if self.running.is_empty() {
+                if self.waiting.is_empty() && self.active.is_empty() && self.queue.is_empty() {
+                    return Ok(());
+                }
+                if !self.waiting.is_empty() {
+                    // Nothing runs, yet starts wait: free every cached sequence and retry once.
+                    self.evict_all()?;
+                    self.materialize()?;
+                    if self.running.is_empty() {
+                        return Err(SearchError::Pool(format!(
+                            "{} streams wait but no sequence can be created ({} live of n_seq_max {})",
+                            self.waiting.len(),
+                            self.engine.live_sequences(),
+                            self.engine.n_seq_max()
+                        )));
+                    }
+                }
+                continue;
+            }
+            self.step()?;
+        }
+    }
+
+    /// Poll trees with nothing running or waiting; finish the ones that stopped.
+    fn poll_active(
+        &mut self,
+        base: &crate::engine::EngineStats,
+        t0: Instant,
+        on_done: &mut dyn FnMut(&TreeResult, &Progress),
+    ) -> Result<(), SearchError> {
+        let mut i = 0;
+        while i < self.active.len() {
+            let t = self.active[i];
+            let busy = self.running.iter().any(|r| r.tree == t)
+                || self.waiting.iter().any(|(w, _)| *w == t);
+            if busy {
+                i += 1;
+                continue;
+            }
+            let tree = self.trees[t]
+                .as_mut()
+                .ok_or(SearchError::Internal("active tree already finished"))?;
+            let starts = tree.poll();
+            if starts.is_empty() && tree.is_done() {
+                self.active.remove(i);
+                self.finish_tree(t, base, t0, on_done)?;
+                continue;
+            }
+            for s in starts {
+                self.waiting.push((t, s));
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn finish_tree(
+        &mut self,
+        t: usize,
+        base: &crate::engine::EngineStats,
+        t0: Instant,
+        on_done: &mut dyn FnMut(&TreeResult, &Progress),
+    ) -> Result<(), SearchError> {
+        let mut k = 0;
+        while k < self.cache.len() {
+            if self.cache[k].tree == t {
+                let c = self.cache.swap_remove(k);
+                self.engine.release(c.seq)?;
+            } else {
+                k += 1;
+            }
+        }
+        let tree = self.trees[t]
+            .take()
+            .ok_or(SearchError::Internal("tree finished twice"))?;
+        let a = self.acct[t];
+        let res = tree.finish(a.evaluated, a.resend);
+        self.done += 1;
+        let st = self.engine.stats();
+        let p = Progress {
+            trees_done: self.done,
+            trees_total: self.trees.len(),
+            tokens_sampled: st.tokens_sampled - base.tokens_sampled,
+            tokens_evaluated: st.tokens_evaluated - base.tokens_evaluated,
+            elapsed_seconds: t0.elapsed().as_secs_f64(),
+        };
+        on_done(&res, &p);
+        self.results[t] = Some(res);
+        Ok(())
+    }
+
+    fn evict_lru(&mut self, keep: Option<usize>) -> Result<bool, SearchError> {
+        let victim = self
+            .cache
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != keep)
+            .min_by_key(|(i, c)| (c.last_use, *i))
+            .map(|(i, _)| i);
+        match victim {
+            Some(i) => {
+                let c = self.cache.remove(i);
+                self.engine.release(c.seq)?;
+                self.report.evictions += 1;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn evict_all(&mut self) -> Result<(), SearchError> {
+        while self.evict_lru(None)? {}
+        Ok(())
+    }
+
+    /// Best source for a start: the deepest state on its path that a running
+    /// or cached sequence of the same tree already holds. `Err(())` means
+    /// "wait": a running stream will have the exact state cached after the
+    /// next step.
+    fn find_source(&self, t: usize, start: &StreamStart) -> Result<Option<(Source, usize)>, ()> {
+        let last = start.path.len().saturating_sub(1);
+        for (k, &(node, len)) in start.path.iter().enumerate().rev() {
+            let mut best: Option<(Source, u64)> = None;
+            let mut pending = false;
+            for (i, r) in self.running.iter().enumerate() {
+                if r.tree == t && r.covers.iter().any(|&(n, l)| n == node && l == len) {
+                    let ready = self.engine.cached_len(r.seq).is_ok_and(|c| c >= len);
+                    if ready {
+                        best = Some((Source::Running(i), u64::MAX));
+                        break;
+                    }
+                    pending = true;
+                }
+            }
+            if best.is_none() {
+                for (i, c) in self.cache.iter().enumerate() {
+                    if c.tree == t
+                        && c.covers.iter().any(|&(n, l)| n == node && l == len)
+                        && best.as_ref().is_none_or(|(_, u)| c.last_use > *u)
+                    {
+                        best = Some((Source::Cached(i), c.last_use));
+                    }
+                }
+            }
+            if let Some((s, _)) = best {
+                return Ok(Some((s, len)));
+            }
+            if k == last && pending {
+                return Err(());
+            }
+        }
+        Ok(None)
+    }
+
+    /// Give waiting starts a sequence where possible.
+    fn materialize(&mut self) -> Result<(), SearchError> {
+        let waiting = std::mem::take(&mut self.waiting);
+        for (t, start) in waiting {
+            if !self.try_start(t, &start)? {
+                self.waiting.push((t, start));
+            }
+        }
+        Ok(())
+    }
+
+    fn try_start(&mut self, t: usize, start: &StreamStart) -> Result<bool, SearchError> {
+        let Ok(source) = self.find_source(t, start) else {
+            return Ok(false);
+        };
+        let full = self.engine.live_sequences() >= self.engine.n_seq_max();
+        let keep = match &source {
+            Some((Source::Cached(i), _)) => Some(*i),
+            _ => None,
+        };
+        let mut take_over = false;
+        if full && !self.evict_lru(keep)? {
+            match keep {
+                Some(_) => take_over = true,
+                None => return Ok(false),
+            }
+        }
+        // Indices into `cache` may have shifted after an eviction: look again.
+        let source = match (source, keep) {
+            (Some((Source::Cached(_), len)), Some(_)) => {
+                let idx = self.find_cached_exact(t, start, len);
+                idx.map(|i| (Source::Cached(i), len))
+            }
+            (s, _) => s,
+        };
+        let seq = match source {
+            None => {
+                self.report.fresh_sequences += 1;
+                let seq = self.engine.new_sequence()?;
+                self.engine.append(seq, &start.tokens)?;
+                seq
+            }
+            Some((src, len)) => {
+                let src_seq = match src {
+                    Source::Running(i) => self.running[i].seq,
+                    Source::Cached(i) => {
+                        self.cache[i].last_use = self.tick;
+                        self.cache[i].seq
+                    }
+                };
+                let seq = if take_over {
+                    if let Source::Cached(i) = src {
+                        self.cache.remove(i);
+                    }
+                    src_seq
+                } else {
+                    self.report.forks += 1;
+                    self.engine.fork(src_seq)?
+                };
+                self.engine.truncate(seq, len)?;
+                self.engine
+                    .append(seq, start.tokens.get(len..).unwrap_or(&[]))?;
+                seq
+            }
+        };
+        if self.engine.tokens(seq)? != start.tokens.as_slice() {
+            return Err(SearchError::Internal(
+                "a stream's sequence does not hold its start state",
+            ));
+        }
+        // What a cache-less search would evaluate on top of what we will.
+        let cached = self.engine.cached_len(seq)?;
+        let saved = if cached == start.tokens.len() {
+            cached.saturating_sub(1)
+        } else {
+            cached
+        };
+        self.acct[t].resend += saved as u64;
+        self.order += 1;
+        self.running.push(Running {
+            tree: t,
+            stream: start.stream,
+            seq,
+            covers: start.path.clone(),
+            last_step: 0,
+            order: self.order,
+        });
+        Ok(true)
+    }
+
+    fn find_cached_exact(&self, t: usize, start: &StreamStart, len: usize) -> Option<usize> {
+        let node = start.path.iter().find(|&&(_, l)| l == len)?.0;
+        self.cache
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.tree == t && c.covers.iter().any(|&(n, l)| n == node && l == len))
+            .max_by_key(|(i, c)| (c.last_use, usize::MAX - i))
+            .map(|(i, _)| i)
+    }
+
+    /// One engine step over up to n_parallel running streams.
+    fn step(&mut self) -> Result<(), SearchError> {
+        self.tick += 1;
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| (self.running[i].last_step, self.running[i].order));
+        let mut picked: Vec<usize> = Vec::new();
+        let mut tokens = 0usize;
+        for i in order {
+            if picked.len() >= self.engine.n_parallel() {
+                break;
+            }
+            let seq = self.running[i].seq;
+            let len = self.engine.tokens(seq)?.len();
+            let cached = self.engine.cached_len(seq)?;
+            let pend = (len - cached.min(len)).max(1);
+            if !picked.is_empty() && tokens + pend > self.cfg.max_batch_tokens {
+                continue;
+            }
+            tokens += pend;
+            picked.push(i);
+        }
+        let mut reqs = Vec::with_capacity(picked.len());
+        for &i in &picked {
+            let r = &self.running[i];
+            let tree = self.trees[r.tree]
+                .as_ref()
+                .ok_or(SearchError::Internal("running stream of a finished tree"))?;
+            reqs.push(StepRequest {
+                seq: r.seq,
+                sampling: tree.sampling(r.stream)?,
+            });
+        }
+        let calls_before = self.engine.stats().decode_calls;
+        let outs = loop {
+            // Attribute pending tokens now: a failed plan may re-queue a token.
+            let mut pend = Vec::with_capacity(picked.len());
+            for &i in &picked {
+                let seq = self.running[i].seq;
+                let len = self.engine.tokens(seq)?.len();
+                let cached = self.engine.cached_len(seq)?;
+                pend.push((len - cached.min(len)).max(1) as u64);
+            }
+            match self.engine.step(&reqs) {
+                Ok(o) => {
+                    for (k, &i) in picked.iter().enumerate() {
+                        let t = self.running[i].tree;
+                        self.acct[t].evaluated += pend[k];
+                        self.acct[t].resend += pend[k];
+                        self.report.attributed_tokens += pend[k];
+                    }
+                    break o;
+                }
+                Err(EngineError::KvFull(msg)) => {
+                    if !self.evict_lru(None)? {
+                        return Err(SearchError::Engine(EngineError::KvFull(msg)));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.report.steps.push(StepInfo {
+            sequences: picked.len() as u32,
+            active_trees: self.active.len() as u32,
+            queue_pending: !self.queue.is_empty(),
+            decode_calls: (self.engine.stats().decode_calls - calls_before) as u32,
+        });
+        let mut finished: Vec<usize> = Vec::new();
+        for (k, &i) in picked.iter().enumerate() {
+            let (t, stream, seq) = {
+                let r = &mut self.running[i];
+                r.last_step = self.tick;
+                (r.tree, r.stream, r.seq)
+            };
+            let tree = self.trees[t]
+                .as_mut()
+                .ok_or(SearchError::Internal("running stream of a finished tree"))?;
+            match tree.on_token(stream, &outs[k])? {
+                Ctl::Continue => {}
+                Ctl::Edit {
+                    truncate_to,
+                    append,
+                } => {
+                    self.engine.truncate(seq, truncate_to)?;
+                    self.engine.append(seq, &append)?;
+                }
+                Ctl::Finish { covers } => {
+                    finished.push(i);
+                    let keep = self.cfg.max_cached.is_none_or(|m| m > 0) && !covers.is_empty();
+                    if keep {
+                        self.cache.push(Cached {
+                            tree: t,
+                            seq,
+                            covers,
+                            last_use: self.tick,
+                        });
+                    } else {
+                        self.engine.release(seq)?;
+                    }
+                    continue;
+                }
+            }
+            let expect = tree.expected_len(stream)?;
+            if self.engine.tokens(seq)?.len() != expect {
+                return Err(SearchError::Internal(
+                    "a stream's sequence length disagrees with its tree",
+                ));
+            }
+        }
+        finished.sort_unstable();
+        for i in finished.into_iter().rev() {
+            self.running.remove(i);
+        }
+        if let Some(m) = self.cfg.max_cached {
+            while self.cache.len() > m {
+                self.evict_lru(None)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! What a finished tree hands on: its distinct terminal chains, the picked
+//! chain, counters, and a JSON export of the whole tree for inspection.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Token;
+use crate::record::{Chain, Recipe, Seed};
+
+use super::config::SearchConfig;
+use super::tree::{Answer, NodeId, TerminalCause};
+
+/// Why a tree stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `max_rollouts` reached.
+    Rollouts,
+    /// `max_tree_tokens` cannot fund another chain.
+    TokenBudget,
+    /// `early_stop_chains` distinct terminal chains found.
+    EnoughChains,
+    /// The root's best child holds `early_stop_share` of the visits.
+    BestChildShare,
+    /// No expandable node is left.
+    Exhausted,
+}
+
+/// One distinct terminal chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainResult {
+    /// Terminal node.
+    pub node: NodeId,
+    /// Root..=node.
+    pub path: Vec<NodeId>,
+    pub reasoning: String,
+    pub answer: String,
+    /// Mean confidence of every generated token of the chain, answer included.
+    pub reward: f64,
+    /// Mean confidence of each generated action on the path.
+    pub step_confidences: Vec<f64>,
+    pub reflections: u32,
+    /// Generated tokens in the chain (thought + answer).
+    pub tokens: u32,
+    pub verified: Option<bool>,
+    pub terminal: Option<TerminalCause>,
+    /// Visits of the terminal node.
+    pub visits: u32,
+}
+
+/// Counters of one tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeStats {
+    pub rollouts: u32,
+    pub iterations: u32,
+    pub nodes: u32,
+    pub max_depth: u32,
+    /// Tokens sampled for this tree (thoughts and answers).
+    pub tokens_sampled: u32,
+    /// Tokens in the tree's trie (prompt, actions, close tags, answers).
+    pub distinct_tokens: u64,
+    /// Tokens the engine evaluated for this tree (driver accounting).
+    pub engine_tokens_evaluated: u64,
+    /// What a search that resends the whole path for every rollout would evaluate.
+    pub resend_tokens: u64,
+    pub stop: Option<StopReason>,
+}
+
+/// One node as exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeExport {
+    pub id: NodeId,
+    pub parent: Option<NodeId>,
+    pub children: Vec<NodeId>,
+    pub text: String,
+    pub tokens: Vec<Token>,
+    pub confidences: Vec<f32>,
+    pub n: u32,
+    pub q: f64,
+    /// Rollouts whose chain ended at this node.
+    pub own: u32,
+    pub depth: u32,
+    pub reflection: bool,
+    pub terminal: Option<TerminalCause>,
+    pub answer: Option<Answer>,
+}
+
+/// The tree as JSON (what `cotforge inspect-tree` reads). Depends only on the
+/// seed, the config and the model, never on batching or caching.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TreeExport {
+    pub seed_id: String,
+    pub prompt: String,
+    pub reference_answer: Option<String>,
+    pub config: SearchConfig,
+    pub stop: Option<StopReason>,
+    /// Root..=selected terminal.
+    pub best_path: Vec<NodeId>,
+    pub nodes: Vec<NodeExport>,
+}
+
+impl TreeExport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Everything a finished tree yields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeResult {
+    pub seed_id: String,
+    pub prompt: String,
+    pub system: Option<String>,
+    pub reference_answer: Option<String>,
+    /// Every distinct terminal chain (by reasoning and answer text), in node order.
+    pub chains: Vec<ChainResult>,
+    /// Index into `chains` of the pick under the configured rule.
+    pub selected: Option<usize>,
+    pub stats: TreeStats,
+    #[serde(skip)]
+    pub tree: TreeExport,
+}
+
+/// Job-level fields a `Chain` row needs that the search does not know.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChainMeta {
+    pub model: String,
+    pub model_blake3: String,
+    pub created_at: i64,
+}
+
+impl TreeResult {
+    /// All terminal chains as `record::Chain` rows (recipe `marco_cot`).
+    /// The id is blake3 of seed id, recipe and the chain's node path.
+    pub fn to_chains(&self, seed: &Seed, meta: &ChainMeta) -> Vec<Chain> {
+        let settings = self.tree.config.settings_json();
+        self.chains
+            .iter()
+            .map(|c| {
+                let path: Vec<String> = c.path.iter().map(|n| n.0.to_string()).collect();
+                let id = blake3::hash(
+                    format!(
+                        "{}\u{1f}{}\u{1f}{}",
+                        seed.id,
+                        Recipe::MarcoCot,
+                        path.join("/")
+                    )
+                    .as_bytes(),
+                )
+                .to_hex()
+                .to_string();
+                Chain {
+                    id,
+                    seed_id: seed.id.clone(),
+                    recipe: Some(Recipe::MarcoCot),
+                    system: self.system.clone(),
+                    prompt: seed.prompt.clone(),
+                    reasoning: c.reasoning.clone(),
+                    answer: c.answer.clone(),
+                    reward: c.reward,
+                    step_confidences: c.step_confidences.clone(),
+                    tokens: c.tokens,
+                    reflections: c.reflections,
+                    verified: c.verified,
+                    reference_answer: self.reference_answer.clone(),
+                    model: meta.model.clone(),
+                    model_blake3: meta.model_blake3.clone(),
+                    settings: settings.clone(),
+                    created_at: meta.created_at,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,622 @@
+//! Deduplication: exact (blake3 of the normalized prompt + reasoning +
+//! answer) and near-duplicate (MinHash + LSH over word shingles), within a
+//! shard, across shards, and against a persistent [`SignatureIndex`] of
+//! earlier runs so a nightly job never ships what an earlier night shipped.
+//!
+//! Which duplicate is kept does not depend on input or shard order: chains are
+//! ranked by reward (highest first), then id (smallest first), and each chain
+//! is compared with the chains kept before it. Earlier runs rank above all.
+//! Planning works on compact [`ChainKey`]s (no text), so a global pass over
+//! millions of chains holds signatures, not chains.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::minhash::{band_key, estimated_jaccard, exact_jaccard, shingle_hashes, MinHasher};
+use super::{reject_for, StageError};
+use crate::record::{Chain, Reject};
+
+/// How LSH candidates are confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    /// Share of equal signature positions (works against the on-disk index).
+    #[default]
+    Estimated,
+    /// Exact Jaccard of shingle sets within this run (more memory); falls back
+    /// to the estimate against earlier runs, whose shingles are not stored.
+    Exact,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    pub exact: bool,
+    pub near: bool,
+    /// MinHash permutations; must be a multiple of `bands`.
+    pub num_perm: usize,
+    pub bands: usize,
+    /// Words per shingle.
+    pub shingle: usize,
+    /// Jaccard similarity at or above which two chains are duplicates.
+    pub threshold: f64,
+    pub verify: Verify,
+    /// Seed of the hash permutations (the index on disk records it).
+    pub seed: u64,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            exact: true,
+            near: true,
+            num_perm: 128,
+            bands: 16,
+            shingle: 5,
+            threshold: 0.8,
+            verify: Verify::Estimated,
+            seed: 0x00C0_7F06_E000_0001,
+        }
+    }
+}
+
+impl DedupConfig {
+    pub fn build(&self) -> Result<Dedup, StageError> {
+        if self.num_perm == 0 || self.bands == 0 || self.num_perm % self.bands != 0 {
+            return Err(StageError::Config(format!(
+                "num_perm {} must be a positive multiple of bands {}",
+                self.num_perm, self.bands
+            )));
+        }
+        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
+            return Err(StageError::Config(format!(
+                "threshold {} not in (0, 1]",
+                self.threshold
+            )));
+        }
+        if self.shingle == 0 {
+            return Err(StageError::Config("shingle must be >= 1".into()));
+        }
+        Ok(Dedup {
+            cfg: self.clone(),
+            hasher: MinHasher::new(self.num_perm, self.shingle, self.seed),
+        })
+    }
+}
+
+/// What dedup needs to know about one chain.
+#[derive(Debug, Clone)]
+pub struct ChainKey {
+    pub id: String,
+    pub reward: f64,
+    pub exact: [u8; 32],
+    pub sig: Vec<u32>,
+    /// Sorted, deduplicated shingle hashes; only with `Verify::Exact`.
+    pub shingles: Option<Vec<u64>>,
+}
+
+/// Lowercased, whitespace-collapsed text for the exact hash.
+fn normalize(s: &str) -> String {
+    s.split_whitespace()
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The decision for each key, in input order: `None` = keep, `Some(id)` = duplicate of `id`.
+#[derive(Debug, Clone, Default)]
+pub struct DedupPlan {
+    pub dup_of: Vec<Option<String>>,
+    /// Index entries of the kept keys (to add to the persistent index).
+    pub kept: Vec<IndexEntry>,
+}
+
+impl DedupPlan {
+    pub fn duplicates(&self) -> usize {
+        self.dup_of.iter().filter(|d| d.is_some()).count()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dedup {
+    cfg: DedupConfig,
+    hasher: MinHasher,
+}
+
+/// Band keys are already uniform hashes: hash them as themselves.
+#[derive(Default)]
+struct IdHasher(u64);
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64 ^ (n >> 64) as u64;
+    }
+}
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+const NIL: u32 = u32::MAX;
+
+/// Kept entries with LSH buckets as per-band linked lists (head map + next array):
+/// one map slot per (band, bucket), not one Vec per bucket.
+struct Lsh<'a> {
+    bands: usize,
+    rows: usize,
+    heads: Vec<IdMap<u64, u32>>,
+    next: Vec<u32>,
+    exact: IdMap<u128, u32>,
+    ids: Vec<&'a str>,
+    sigs: Vec<&'a [u32]>,
+    shingles: Vec<Option<&'a [u64]>>,
+}
+
+impl<'a> Lsh<'a> {
+    fn new(bands: usize, rows: usize, cap: usize) -> Self {
+        Self {
+            bands,
+            rows,
+            heads: (0..bands)
+                .map(|_| IdMap::with_capacity_and_hasher(cap, Default::default()))
+                .collect(),
+            next: Vec::with_capacity(cap * bands),
+            exact: IdMap::with_capacity_and_hasher(cap, Default::default()),
+            ids: Vec::with_capacity(cap),
+            sigs: Vec::with_capacity(cap),
+            shingles: Vec::with_capacity(cap),
+        }
+    }
+
+    fn insert(
+        &mut self,
+        id: &'a str,
+        exact: &[u8; 32],
+        sig: &'a [u32],
+        sh: Option<&'a [u64]>,
+        near: bool,
+    ) {
+        let idx = self.ids.len() as u32;
+        self.ids.push(id);
+        self.sigs.push(sig);
+        self.shingles.push(sh);
+        self.exact.entry(exact_key(exact)).or_insert(idx);
+        for b in 0..self.bands {
+            if near {
+                let key = band_key(sig, b, self.rows);
+                let prev = self.heads[b].insert(key, idx).unwrap_or(NIL);
+                self.next.push(prev);
+            } else {
+                self.next.push(NIL);
+            }
+        }
+    }
+
+    /// Smallest kept index whose similarity with `sig` reaches `threshold`.
+    fn near_match(
+        &self,
+        sig: &[u32],
+        sh: Option<&[u64]>,
+        threshold: f64,
+        scratch: &mut Vec<u32>,
+    ) -> Option<u32> {
+        scratch.clear();
+        for b in 0..self.bands {
+            let key = band_key(sig, b, self.rows);
+            let mut cur = self.heads[b].get(&key).copied().unwrap_or(NIL);
+            while cur != NIL {
+                scratch.push(cur);
+                cur = self.next[cur as usize * self.bands + b];
+            }
+        }
+        scratch.sort_unstable();
+        scratch.dedup();
+        scratch.iter().copied().find(|&c| {
+            let sim = match (sh, self.shingles[c as usize]) {
+                (Some(a), Some(b)) => exact_jaccard(a, b),
+                _ => estimated_jaccard(sig, self.sigs[c as usize]),
+            };
+            sim >= threshold
+        })
+    }
+}
+
+fn exact_key(h: &[u8; 32]) -> u128 {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    u128::from_le_bytes(b)
+}
+
+impl Dedup {
+    pub fn config(&self) -> &DedupConfig {
+        &self.cfg
+    }
+
+    /// The key of a chain from its parts (lets callers stream text without building `Chain`s).
+    pub fn key_of(
+        &self,
+        id: &str,
+        reward: f64,
+        prompt: &str,
+        reasoning: &str,
+        answer: &str,
+    ) -> ChainKey {
+        let mut h = blake3::Hasher::new();
+        h.update(normalize(prompt).as_bytes());
+        h.update(b"\0");
+        h.update(normalize(reasoning).as_bytes());
+        h.update(b"\0");
+        h.update(normalize(answer).as_bytes());
+        let exact = *h.finalize().as_bytes();
+        let (sig, shingles) = if self.cfg.near {
+            let text = format!("{prompt}\n{reasoning}\n{answer}");
+            let mut sh = shingle_hashes(&text, self.cfg.shingle);
+            let sig = self.hasher.signature_of(&sh);
+            let keep = (self.cfg.verify == Verify::Exact).then(|| {
+                sh.sort_unstable();
+                sh.dedup();
+                sh
+            });
+            (sig, keep)
+        } else {
+            (Vec::new(), None)
+        };
+        ChainKey {
+            id: id.to_string(),
+            reward,
+            exact,
+            sig,
+            shingles,
+        }
+    }
+
+    pub fn key(&self, c: &Chain) -> ChainKey {
+        self.key_of(&c.id, c.reward, &c.prompt, &c.reasoning, &c.answer)
+    }
+
+    /// Decides, for each key (input order), whether it is kept or which kept
+    /// chain (of this run or of `index`) it duplicates.
+    pub fn plan(&self, keys: &[ChainKey], index: Option<&SignatureIndex>) -> DedupPlan {
+        let rows = self.cfg.num_perm / self.cfg.bands;
+        let prior = index.map_or(0, |i| i.entries.len());
+        let mut lsh = Lsh::new(self.cfg.bands, rows, prior + keys.len());
+        if let Some(idx) = index {
+            for e in &idx.entries {
+                lsh.insert(&e.id, &e.exact, &e.sig, None, self.cfg.near);
+            }
+        }
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (ka, kb) = (&keys[a], &keys[b]);
+            kb.reward
+                .total_cmp(&ka.reward)
+                .then_with(|| ka.id.cmp(&kb.id))
+                .then(a.cmp(&b))
+        });
+        let mut dup_of: Vec<Option<String>> = vec![None; keys.len()];
+        let mut kept = Vec::new();
+        let mut scratch = Vec::new();
+        for i in order {
+            let k = &keys[i];
+            let hit = if self.cfg.exact {
+                lsh.exact.get(&exact_key(&k.exact)).copied()
+            } else {
+                None
+            };
+            let hit = hit.or_else(|| {
+                self.cfg
+                    .near
+                    .then(|| {
+                        lsh.near_match(
+                            &k.sig,
+                            k.shingles.as_deref(),
+                            self.cfg.threshold,
+                            &mut scratch,
+                        )
+                    })
+                    .flatten()
+            });
+            match hit {
+                Some(j) => dup_of[i] = Some(lsh.ids[j as usize].to_string()),
+                None => {
+                    lsh.insert(
+                        &k.id,
+                        &k.exact,
+                        &k.sig,
+                        k.shingles.as_deref(),
+                        self.cfg.near,
+                    );
+                    kept.push(IndexEntry {
+                        id: k.id.clone(),
+                        exact: k.exact,
+                        sig: k.sig.clone(),
+                    });
+                }
+            }
+        }
+        DedupPlan { dup_of, kept }
+    }
+
+    /// Deduplicates chains grouped in shards (within and across them, and
+    /// against `index` when given); kept chains stay in their shard and
+    /// order. When `index` is given, the kept chains are added to it (the
+    /// caller saves it once the run's output is committed).
+    pub fn apply_shards(
+        &self,
+        shards: Vec<Vec<Chain>>,
+        index: Option<&mut SignatureIndex>,
+    ) -> (Vec<Vec<Chain>>, Vec<Reject>) {
+        let keys: Vec<ChainKey> = shards.par_iter().flatten().map(|c| self.key(c)).collect();
+        let plan = self.plan(&keys, index.as_deref());
+        if let Some(idx) = index {
+            idx.entries.extend(plan.kept.iter().cloned());
+        }
+        let mut decisions = plan.dup_of.into_iter();
+        let mut rejects = Vec::new();
+        let out = shards
+            .into_iter()
+            .map(|shard| {
+                let mut kept = Vec::with_capacity(shard.len());
+                for c in shard {
+                    match decisions.next().flatten() {
+                        Some(of) => {
+                            rejects.push(reject_for(&c, "dedup", format!("duplicate-of {of}")))
+                        }
+                        None => kept.push(c),
+                    }
+                }
+                kept
+            })
+            .collect();
+        (out, rejects)
+    }
+
+    /// [`Dedup::apply_shards`] for a single batch.
+    pub fn apply(
+        &self,
+        chains: Vec<Chain>,
+        index: Option<&mut SignatureIndex>,
+    ) -> (Vec<Chain>, Vec<Reject>) {
+        let (mut shards, rejects) = self.apply_shards(vec![chains], index);
+        (shards.pop().unwrap_or_default(), rejects)
+    }
+
+    /// An empty index with this config's parameters.
+    pub fn new_index(&self) -> SignatureIndex {
+        SignatureIndex {
+            params: IndexParams::of(&self.cfg),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Loads the index at `path`, or an empty one when the file does not exist.
+    pub fn open_index(&self, path: &Path) -> Result<SignatureIndex, StageError> {
+        if !path.exists() {
+            return Ok(self.new_index());
+        }
+        let idx = SignatureIndex::load(path)?;
+        if idx.params != IndexParams::of(&self.cfg) {
+            return Err(StageError::Index {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "built with {:?}, config wants {:?}: signatures are not comparable",
+                    idx.params,
+                    IndexParams::of(&self.cfg)
+                ),
+            });
+        }
+        Ok(idx)
+    }
+}
+
+/// One shipped chain in the persistent index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexEntry {
+    pub id: String,
+    pub exact: [u8; 32],
+    pub sig: Vec<u32>,
+}
+
+/// Parameters that make signatures comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexParams {
+    pub num_perm: u32,
+    pub bands: u32,
+    pub shingle: u32,
+    pub seed: u64,
+}
+
+impl IndexParams {
+    fn of(c: &DedupConfig) -> Self {
+        Self {
+            num_perm: if c.near { c.num_perm as u32 } else { 0 },
+            bands: c.bands as u32,
+            shingle: c.shingle as u32,
+            seed: c.seed,
+        }
+    }
+}
+
+/// Signatures of every chain shipped by earlier runs.
+///
+/// File format (little endian): magic `CFDEDUP1`; u32 num_perm, u32 bands,
+/// u32 shingle, u64 seed; u64 entry count; per entry u16 id length, id bytes
+/// (UTF-8), 32-byte exact hash, num_perm × u32 signature; then the 32-byte
+/// blake3 of everything before it. Written to `<path>.tmp`, fsynced, renamed
+/// over `path`, directory fsynced: a crash leaves the old or the new index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignatureIndex {
+    pub params: IndexParams,
+    pub entries: Vec<IndexEntry>,
+}
+
+const MAGIC: &[u8; 8] = b"CFDEDUP1";
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl SignatureIndex {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), StageError> {
+        let tmp = tmp_path(path);
+        let io = |e| StageError::io(&tmp, e);
+        let file = File::create(&tmp).map_err(io)?;
+        let mut w = HashingWriter {
+            inner: BufWriter::new(file),
+            hasher: blake3::Hasher::new(),
+        };
+        let p = &self.params;
+        w.write_all(MAGIC).map_err(io)?;
+        w.write_all(&p.num_perm.to_le_bytes()).map_err(io)?;
+        w.write_all(&p.bands.to_le_bytes()).map_err(io)?;
+        w.write_all(&p.shingle.to_le_bytes()).map_err(io)?;
+        w.write_all(&p.seed.to_le_bytes()).map_err(io)?;
+        w.write_all(&(self.entries.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        for e in &self.entries {
+            let id = e.id.as_bytes();
+            let len = u16::try_from(id.len()).map_err(|_| StageError::Index {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "id longer than 65535 bytes: {}…",
+                    &e.id[..32.min(e.id.len())]
+                ),
+            })?;
+            if e.sig.len() != p.num_perm as usize {
+                return Err(StageError::Index {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "entry {} has {} signature values, expected {}",
+                        e.id,
+                        e.sig.len(),
+                        p.num_perm
+                    ),
+                });
+            }
+            w.write_all(&len.to_le_bytes()).map_err(io)?;
+            w.write_all(id).map_err(io)?;
+            w.write_all(&e.exact).map_err(io)?;
+            for v in &e.sig {
+                w.write_all(&v.to_le_bytes()).map_err(io)?;
+            }
+        }
+        let digest = *w.hasher.finalize().as_bytes();
+        let mut inner = w.inner;
+        inner.write_all(&digest).map_err(io)?;
+        let file = inner
+            .into_inner()
+            .map_err(|e| StageError::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(|e| StageError::io(path, e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StageError::io(dir, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Self, StageError> {
+        let mut bytes = Vec::new();
+        BufReader::new(File::open(path).map_err(|e| StageError::io(path, e))?)
+            .read_to_end(&mut bytes)
+            .map_err(|e| StageError::io(path, e))?;
+        let bad = |msg: &str| StageError::Index {
+            path: path.to_path_buf(),
+            msg: msg.to_string(),
+        };
+        if bytes.len() < 8 + 20 + 8 + 32 || &bytes[..8] != MAGIC {
+            return Err(bad("not a cotforge dedup index (bad magic or too short)"));
+        }
+        let (body, digest) = bytes.split_at(bytes.len() - 32);
+        if blake3::hash(body).as_bytes() != digest {
+            return Err(bad("checksum mismatch (truncated or corrupted)"));
+        }
+        let mut r = Cursor { b: body, pos: 8 };
+        let params = IndexParams {
+            num_perm: r.u32().ok_or_else(|| bad("truncated header"))?,
+            bands: r.u32().ok_or_else(|| bad("truncated header"))?,
+            shingle: r.u32().ok_or_else(|| bad("truncated header"))?,
+            seed: r.u64().ok_or_else(|| bad("truncated header"))?,
+        };
+        let count = r.u64().ok_or_else(|| bad("truncated header"))? as usize;
+        let mut entries = Vec::with_capacity(count.min(body.len() / 34));
+        for _ in 0..count {
+            let e = (|| {
+                let len = r.u16()? as usize;
+                let id = std::str::from_utf8(r.take(len)?).ok()?.to_string();
+                let mut exact = [0u8; 32];
+                exact.copy_from_slice(r.take(32)?);
+                let sig = (0..params.num_perm)
+                    .map(|_| r.u32())
+                    .collect::<Option<Vec<u32>>>()?;
+                Some(IndexEntry { id, exact, sig })
+            })()
+            .ok_or_else(|| bad("truncated entry"))?;
+            entries.push(e);
+        }
+        if r.pos != body.len() {
+            return Err(bad("trailing bytes after entries"));
+        }
+        Ok(Self { params, entries })
+    }
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}

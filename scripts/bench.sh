@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmarks (never run by the tests). Each prints a table of ratios against a
+# baseline measured in the same run.
+#
+#   scripts/bench.sh engine   # cotforge vs llama.cpp's llama-batched-bench / llama-perplexity
+#   scripts/bench.sh search   # MCTS on GSM8K: seeds/hour, KV reuse, decode share
+#   scripts/bench.sh store    # ingest + shard write of 1,000,000 synthetic rows
+#   scripts/bench.sh dedup    # MinHash dedup of 1,000,000 synthetic chains
+#
+# Environment: THREADS (default 2), ROUNDS (default 3), OUT (default target/bench).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+WHAT="${1:-engine}"
+THREADS="${THREADS:-2}"
+ROUNDS="${ROUNDS:-3}"
+OUT="${OUT:-$ROOT/target/bench}"
+MODEL="${MODEL:-$ROOT/data/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+TOOLS="$ROOT/target/bench-tools"
+LCP_VERSION="0.3.36"
+mkdir -p "$OUT"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+# llama.cpp's own tools, built from the llama.cpp tree vendored in the
+# llama-cpp-python sdist (the llama-cpp-sys-2 crate ships no tool sources).
+build_llama_tools() {
+  if [ -x "$TOOLS/bin/llama-batched-bench" ] && [ -x "$TOOLS/bin/llama-perplexity" ]; then return; fi
+  log "building llama-batched-bench and llama-perplexity from llama-cpp-python==$LCP_VERSION (cached in $TOOLS)"
+  mkdir -p "$TOOLS/src"
+  if [ ! -d "$TOOLS/src/llama.cpp" ]; then
+    python3 -m pip download --quiet --no-deps --no-binary :all: -d "$TOOLS/src" "llama-cpp-python==$LCP_VERSION"
+    tar -xzf "$TOOLS/src/llama_cpp_python-$LCP_VERSION.tar.gz" -C "$TOOLS/src"
+    mv "$TOOLS/src/llama_cpp_python-$LCP_VERSION/vendor/llama.cpp" "$TOOLS/src/llama.cpp"
+    rm -rf "$TOOLS/src/llama_cpp_python-$LCP_VERSION"
+  fi
+  cmake -S "$TOOLS/src/llama.cpp" -B "$TOOLS/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+  cmake --build "$TOOLS/build" --target llama-batched-bench llama-perplexity -j "$(nproc)" >/dev/null
+  mkdir -p "$TOOLS/bin"
+  cp "$TOOLS/build/bin/llama-batched-bench" "$TOOLS/build/bin/llama-perplexity" "$TOOLS/bin/"
+}
+
+[ -f "$MODEL" ] || scripts/setup.sh
+cargo build --release --quiet
+BIN="$ROOT/target/release/cotforge"
+
+case "$WHAT" in
+  engine)
+    build_llama_tools
+    "$BIN" bench engine --model "$MODEL" --threads "$THREADS" --rounds "$ROUNDS" \
+      --batched-bench "$TOOLS/bin/llama-batched-bench" --perplexity "$TOOLS/bin/llama-perplexity" \
+      --llama-cpp-source "llama-cpp-python==$LCP_VERSION (vendor/llama.cpp)" \
+      --json "$OUT/engine.json"
+    ;;
+  search)
+    build_llama_tools
+    "$BIN" bench search --model "$MODEL" --threads "$THREADS" \
+      --seeds "$ROOT/data/seeds/gsm8k.parquet" --batched-bench "$TOOLS/bin/llama-batched-bench" \
+      --json "$OUT/search.json"
+    ;;
+  store)
+    cargo bench --bench store
+    ;;
+  dedup)
+    cargo bench --bench dedup
+    ;;
+  *)
+    echo "usage: scripts/bench.sh engine|search|store|dedup" >&2; exit 2 ;;
+esac
