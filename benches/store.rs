@@ -5,6 +5,11 @@
 //! duplicate-id check (whose set is the only state that grows with rows).
 //!
 //! `CARGO_TARGET_DIR=/work/target-dev cargo bench --no-default-features --bench store`
+//!
+//! Reading the RSS figures: with glibc's default (dynamic) mmap threshold the
+//! peak creeps up a few MB per doubling of rows from allocator fragmentation;
+//! run a child with `MALLOC_MMAP_THRESHOLD_=131072` to see the data plane's own
+//! footprint, which is flat (e.g. `target/release/deps/store-* --child 2000000 0`).
 
 use std::process::Command;
 use std::time::Instant;

@@ -10,6 +10,28 @@
 //!    journal*, sorted, so an interrupted+resumed run and an uninterrupted one
 //!    write the same bytes; files already committed and matching the manifest
 //!    are kept; then the manifest, then the marker; then the journal goes.
+//!
+//! Wiring a recipe (the hidden `shard-worker` command in `cli/store.rs` is a
+//! complete example with the scripted engine and batching):
+//! ```no_run
+//! use cotforge::record::{Chain, Seed};
+//! use cotforge::store::shard::resolve_shard;
+//! use cotforge::store::{run_shard, Ingest, IngestOptions, Processed, ShardOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let env = std::env::vars().collect();
+//! let shard = resolve_shard(None, None, &env)?; // SLURM / Kubernetes defaults
+//! let seeds = ["data/seeds/gsm8k.parquet"];
+//! let ingest = Ingest::open(&seeds, IngestOptions { shard: Some(shard), ..Default::default() })?;
+//! let mut opts = ShardOptions::new("out", "marco_cot", shard);
+//! opts.fingerprint = "blake3 of inputs + settings".into();
+//! let mut recipe = |seed: &Seed| -> Result<Processed, String> {
+//!     Ok(Processed { accepted: vec![Chain { seed_id: seed.id.clone(), ..Default::default() }], rejected: vec![] })
+//! };
+//! let outcome = run_shard(&opts, ingest, &mut recipe)?;
+//! println!("{outcome:?}");
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::path::PathBuf;
