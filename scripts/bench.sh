@@ -34,9 +34,9 @@ build_llama_tools() {
     mv "$TOOLS/src/llama_cpp_python-$LCP_VERSION/vendor/llama.cpp" "$TOOLS/src/llama.cpp"
     rm -rf "$TOOLS/src/llama_cpp_python-$LCP_VERSION"
   fi
-  cmake -S "$TOOLS/src/llama.cpp" -B "$TOOLS/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
+  cmake -S "$TOOLS/src/llama.cpp" -B "$TOOLS/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
-  cmake --build "$TOOLS/build" --target llama-batched-bench llama-perplexity -j "$(nproc)" >/dev/null
+  cmake --build "$TOOLS/build" --target llama-batched-bench llama-perplexity -j "$(nproc)" >"$TOOLS/build.log" 2>&1 || { tail -30 "$TOOLS/build.log"; exit 1; }
   mkdir -p "$TOOLS/bin"
   cp "$TOOLS/build/bin/llama-batched-bench" "$TOOLS/build/bin/llama-perplexity" "$TOOLS/bin/"
 }

@@ -140,7 +140,8 @@ pub struct ShardWorkerArgs {
     #[arg(long, default_value = "scripted")]
     pub kind: String,
     /// Chains with a lower mean confidence are rejected (stage filter.reward).
-    #[arg(long, default_value_t = 0.3)]
+    /// The default splits the scripted model's chains roughly in half.
+    #[arg(long, default_value_t = 0.19)]
     pub min_reward: f64,
     #[arg(long, default_value_t = 32)]
     pub max_tokens: usize,
@@ -278,58 +279,101 @@ pub struct ScriptedProcessor {
     pub settings: String,
 }
 
+/// Text and per-token confidences of one seed, or why it could not run.
+type Generated = Result<(String, Vec<f32>), String>;
+
 impl ScriptedProcessor {
-    fn generate(&mut self, seed: &Seed) -> Result<(String, Vec<f32>), EngineError> {
+    /// Context tokens one sequence may use, so a full batch always fits the
+    /// KV cache and a seed's fate never depends on which seeds share its batch.
+    fn per_seq_ctx(&self) -> usize {
+        self.engine.n_ctx() / self.engine.n_parallel().max(1)
+    }
+
+    fn prompt_tokens(&self, seed: &Seed) -> Result<Vec<crate::engine::Token>, EngineError> {
         let mut msgs = Vec::new();
         if let Some(s) = &seed.system {
             msgs.push(ChatMessage::new("system", s.clone()));
         }
         msgs.push(ChatMessage::new("user", seed.prompt.clone()));
-        let text = self.engine.apply_chat_template(&msgs)?;
-        let toks = self.engine.tokenize(&text, true)?;
-        let h = blake3::hash(seed.id.as_bytes());
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&h.as_bytes()[..8]);
-        let sampling = SamplingParams::new(0.7, 0.9, u64::from_le_bytes(b));
-        let seq = self.engine.new_sequence()?;
-        let mut out = Vec::new();
-        let mut confs = Vec::new();
-        let r = (|| {
-            self.engine.append(seq, &toks)?;
-            for _ in 0..self.max_tokens {
-                let t = self.engine.step(&[StepRequest { seq, sampling }])?;
-                let Some(t) = t.into_iter().next() else { break };
-                confs.push(t.confidence);
-                if t.eog {
-                    break;
-                }
-                out.extend_from_slice(&t.piece);
-            }
-            Ok(())
-        })();
-        self.engine.release(seq)?;
-        r.map(|()| (String::from_utf8_lossy(&out).into_owned(), confs))
+        // The pipeline owns the tags: the assistant turn starts inside a thought.
+        let text = self.engine.apply_chat_template(&msgs)? + "<Thought>\n";
+        self.engine.tokenize(&text, true)
     }
-}
 
-impl Processor for ScriptedProcessor {
-    fn process(&mut self, seed: &Seed) -> Result<Processed, String> {
-        let (text, confs) = match self.generate(seed) {
+    /// Generate for up to `n_parallel` seeds at once: one `step` call advances
+    /// every live sequence, as a recipe's scheduler does. Each sequence samples
+    /// from its own seed-derived stream, so results do not depend on batching.
+    fn generate_group(&mut self, group: &[Seed]) -> Result<Vec<Generated>, EngineError> {
+        let mut results: Vec<Generated> = vec![Ok((String::new(), Vec::new())); group.len()];
+        let mut texts: Vec<Vec<u8>> = vec![Vec::new(); group.len()];
+        let mut live: Vec<(usize, crate::engine::SeqId, SamplingParams)> = Vec::new();
+        for (k, seed) in group.iter().enumerate() {
+            let toks = self.prompt_tokens(seed)?;
+            if toks.len() + self.max_tokens > self.per_seq_ctx() {
+                results[k] = Err(format!(
+                    "prompt of {} tokens + {} to generate exceeds the per-sequence context of {}",
+                    toks.len(),
+                    self.max_tokens,
+                    self.per_seq_ctx()
+                ));
+                continue;
+            }
+            let h = blake3::hash(seed.id.as_bytes());
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h.as_bytes()[..8]);
+            let seq = self.engine.new_sequence()?;
+            self.engine.append(seq, &toks)?;
+            live.push((k, seq, SamplingParams::new(0.7, 0.9, u64::from_le_bytes(b))));
+        }
+        let mut step = 0;
+        while !live.is_empty() && step < self.max_tokens {
+            let reqs: Vec<StepRequest> = live
+                .iter()
+                .map(|&(_, seq, sampling)| StepRequest { seq, sampling })
+                .collect();
+            let outs = self.engine.step(&reqs)?;
+            let mut still = Vec::with_capacity(live.len());
+            for (&(k, seq, sp), t) in live.iter().zip(outs) {
+                if let Ok((_, confs)) = &mut results[k] {
+                    confs.push(t.confidence);
+                }
+                if t.eog {
+                    self.engine.release(seq)?;
+                } else {
+                    texts[k].extend_from_slice(&t.piece);
+                    still.push((k, seq, sp));
+                }
+            }
+            live = still;
+            step += 1;
+        }
+        for (_, seq, _) in live {
+            self.engine.release(seq)?;
+        }
+        for (r, t) in results.iter_mut().zip(texts) {
+            if let Ok((text, _)) = r {
+                *text = String::from_utf8_lossy(&t).into_owned();
+            }
+        }
+        Ok(results)
+    }
+
+    fn to_processed(&self, seed: &Seed, r: Generated) -> Processed {
+        let (text, confs) = match r {
             Ok(x) => x,
-            Err(e @ EngineError::ContextFull { .. }) => {
-                return Ok(Processed {
+            Err(reason) => {
+                return Processed {
                     accepted: Vec::new(),
                     rejected: vec![Reject {
                         seed_id: seed.id.clone(),
                         chain_id: None,
-                        recipe: None,
+                        recipe: self.kind.parse::<Recipe>().ok(),
                         stage: "engine".into(),
-                        reason: e.to_string(),
+                        reason,
                         row: serde_json::to_string(seed).unwrap_or_default(),
                     }],
-                })
+                }
             }
-            Err(e) => return Err(e.to_string()),
         };
         let reward = if confs.is_empty() {
             0.0
@@ -358,7 +402,7 @@ impl Processor for ScriptedProcessor {
             created_at: self.created_at,
         };
         if reward < self.min_reward {
-            return Ok(Processed {
+            return Processed {
                 accepted: Vec::new(),
                 rejected: vec![Reject {
                     seed_id: seed.id.clone(),
@@ -368,12 +412,30 @@ impl Processor for ScriptedProcessor {
                     reason: format!("reward {reward:.4} < {:.4}", self.min_reward),
                     row: serde_json::to_string(&chain).unwrap_or_default(),
                 }],
-            });
+            };
         }
-        Ok(Processed {
+        Processed {
             accepted: vec![chain],
             rejected: Vec::new(),
-        })
+        }
+    }
+}
+
+impl Processor for ScriptedProcessor {
+    fn process(&mut self, seed: &Seed) -> Result<Processed, String> {
+        let mut v = self.process_batch(std::slice::from_ref(seed))?;
+        v.pop().ok_or_else(|| "no result".to_string())
+    }
+
+    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
+        let mut out = Vec::with_capacity(seeds.len());
+        for group in seeds.chunks(self.engine.n_parallel().max(1)) {
+            let results = self.generate_group(group).map_err(|e| e.to_string())?;
+            for (seed, r) in group.iter().zip(results) {
+                out.push(self.to_processed(seed, r));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -414,8 +476,8 @@ pub fn run_shard_worker(a: ShardWorkerArgs) -> anyhow::Result<ExitCode> {
             CoreLimits {
                 n_ctx: 1 << 16,
                 n_batch: 4096,
-                n_parallel: 1,
-                n_seq_max: 1,
+                n_parallel: 8,
+                n_seq_max: 8,
             },
         ),
         max_tokens: a.max_tokens,

@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use super::config::{EngineConfig, FlashAttn};

@@ -237,7 +237,7 @@ impl Ingest {
             .iter()
             .map(|p| open_file(p.as_ref(), opts.batch_size))
             .collect::<Result<VecDeque<_>>>()?;
-        Ok(Self {
+        let mut me = Self {
             opts,
             pending,
             reader: None,
@@ -247,7 +247,14 @@ impl Ingest {
             ordinal: 0,
             seen: HashMap::new(),
             failed: false,
-        })
+        };
+        if me.opts.check_duplicates {
+            // Sized once from the footers: growing by doubling would briefly
+            // hold the old and the new table, the peak of a large ingest.
+            let share = me.total_rows() / me.opts.shard.map_or(1, |s| s.count.max(1) as u64);
+            me.seen.reserve((share + share / 16) as usize);
+        }
+        Ok(me)
     }
 
     /// Total rows in all inputs, from the footers (for progress bars).

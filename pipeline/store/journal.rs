@@ -119,6 +119,92 @@ pub fn read_entries(path: &Path) -> Result<(Option<JournalHeader>, Vec<JournalEn
     Ok((header, entries))
 }
 
+/// Where one entry's payload sits in the journal file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef {
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The sort keys of one entry, parsed without its text fields.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EntryKeys {
+    #[serde(rename = "o")]
+    pub ordinal: u64,
+    #[serde(rename = "s")]
+    pub seed_id: String,
+    #[serde(rename = "a", default)]
+    pub accepted: Vec<ChainKey>,
+    #[serde(rename = "r", default)]
+    pub rejected: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ChainKey {
+    pub id: String,
+    pub seed_id: String,
+}
+
+/// Stream through a journal once: every valid entry frame with its keys,
+/// holding one payload in memory at a time. The header frame is skipped.
+pub fn scan(path: &Path) -> Result<Vec<(FrameRef, EntryKeys)>> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    let mut payload = Vec::new();
+    let mut first = true;
+    loop {
+        let mut head = [0u8; HEADER_BYTES];
+        match r.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(io_err(path)(e)),
+        }
+        let mut l = [0u8; 4];
+        l.copy_from_slice(&head[..4]);
+        let len = u32::from_le_bytes(l);
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&head[4..]);
+        if len > MAX_FRAME {
+            break;
+        }
+        payload.resize(len as usize, 0);
+        match r.read_exact(&mut payload) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(io_err(path)(e)),
+        }
+        if check(&payload) != u64::from_le_bytes(c) {
+            break;
+        }
+        let at = offset + HEADER_BYTES as u64;
+        offset = at + len as u64;
+        if first {
+            first = false;
+            continue;
+        }
+        let keys: EntryKeys = serde_json::from_slice(&payload)
+            .map_err(|e| jerr(path, format!("bad entry at byte {at}: {e}")))?;
+        out.push((FrameRef { offset: at, len }, keys));
+    }
+    Ok(out)
+}
+
+/// Read one entry by its frame (random access for the sorted final write).
+pub fn read_entry(file: &File, path: &Path, frame: FrameRef) -> Result<JournalEntry> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; frame.len as usize];
+    file.read_exact_at(&mut buf, frame.offset)
+        .map_err(io_err(path))?;
+    serde_json::from_slice(&buf)
+        .map_err(|e| jerr(path, format!("bad entry at byte {}: {e}", frame.offset)))
+}
+
 /// An open journal, positioned at its end.
 pub struct Journal {
     file: File,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::journal::read_entries;
+use super::journal::scan;
 use super::lock::{holder, LockInfo};
 use super::manifest::{parse_shard_name, read_json, DoneMarker, Manifest, ShardPaths};
 use super::{blake3_file, io_err, Result, ShardSpec};
@@ -133,10 +133,10 @@ fn shard_report(out: &Path, kind: &str, shard: ShardSpec) -> Result<ShardReport>
         };
         return Ok(r);
     }
-    let (_, entries) = read_entries(&p.journal()).unwrap_or((None, Vec::new()));
+    let entries = scan(&p.journal()).unwrap_or_default();
     r.seeds = entries.len() as u64;
-    r.accepted = entries.iter().map(|e| e.accepted.len() as u64).sum();
-    r.rejected = entries.iter().map(|e| e.rejected.len() as u64).sum();
+    r.accepted = entries.iter().map(|e| e.1.accepted.len() as u64).sum();
+    r.rejected = entries.iter().map(|e| e.1.rejected.len() as u64).sum();
     r.status = match holder(&p.lock())? {
         Some(LockInfo { pid, hostname }) => ShardStatus::Running {
             holder: format!("pid {pid} on host {hostname}"),

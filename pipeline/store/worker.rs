@@ -10,19 +10,44 @@
 //!    journal*, sorted, so an interrupted+resumed run and an uninterrupted one
 //!    write the same bytes; files already committed and matching the manifest
 //!    are kept; then the manifest, then the marker; then the journal goes.
+//!
+//! Wiring a recipe (the hidden `shard-worker` command in `cli/store.rs` is a
+//! complete example with the scripted engine and batching):
+//! ```no_run
+//! use cotforge::record::{Chain, Seed};
+//! use cotforge::store::shard::resolve_shard;
+//! use cotforge::store::{run_shard, Ingest, IngestOptions, Processed, ShardOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let env = std::env::vars().collect();
+//! let shard = resolve_shard(None, None, &env)?; // SLURM / Kubernetes defaults
+//! let seeds = ["data/seeds/gsm8k.parquet"];
+//! let ingest = Ingest::open(&seeds, IngestOptions { shard: Some(shard), ..Default::default() })?;
+//! let mut opts = ShardOptions::new("out", "marco_cot", shard);
+//! opts.fingerprint = "blake3 of inputs + settings".into();
+//! let mut recipe = |seed: &Seed| -> Result<Processed, String> {
+//!     Ok(Processed { accepted: vec![Chain { seed_id: seed.id.clone(), ..Default::default() }], rejected: vec![] })
+//! };
+//! let outcome = run_shard(&opts, ingest, &mut recipe)?;
+//! println!("{outcome:?}");
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ingest::{IngestItem, IngestRow};
-use super::journal::{Journal, JournalEntry, JournalHeader, JOURNAL_FORMAT};
+use super::journal::{
+    read_entry, scan, FrameRef, Journal, JournalEntry, JournalHeader, JOURNAL_FORMAT,
+};
 use super::lock::ShardLock;
 use super::manifest::{read_json, write_json, DoneMarker, Manifest, ShardPaths, MARKER_FORMAT};
 use super::parquet_io::{tmp_path, write_parquet, CommittedFile, WriteOptions};
 use super::schema::{chains_schema, chains_to_batch, rejects_schema, rejects_to_batch};
 use super::{blake3_file, crash, io_err, Result, ShardSpec, StoreError};
 use crate::record::{Chain, Reject, Seed};
+use arrow::array::RecordBatch;
 
 /// What a processor made of one seed.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -301,32 +326,75 @@ fn committed(paths: &ShardPaths, manifest: &Manifest, name: &str) -> bool {
     matches!(blake3_file(&paths.dir.join(name)), Ok((h, n)) if h == entry.blake3 && n == entry.bytes)
 }
 
+/// Rows of the journal in canonical order, read back lazily: only sort keys
+/// are held in memory, each entry is parsed again when its rows are written
+/// (consecutive rows usually share one entry, which is cached).
+struct Sorted {
+    file: std::fs::File,
+    path: PathBuf,
+    frames: Vec<FrameRef>,
+    cache: Option<(usize, JournalEntry)>,
+}
+
+impl Sorted {
+    fn entry(&mut self, frame: usize) -> Result<&JournalEntry> {
+        if self.cache.as_ref().map(|c| c.0) != Some(frame) {
+            let e = read_entry(&self.file, &self.path, self.frames[frame])?;
+            self.cache = Some((frame, e));
+        }
+        match &self.cache {
+            Some((_, e)) => Ok(e),
+            None => Err(StoreError::Journal {
+                path: self.path.clone(),
+                reason: "entry cache".into(),
+            }),
+        }
+    }
+    /// Chunks of rows picked by `(frame, index)` keys.
+    fn chains(&mut self, keys: &[(usize, usize)]) -> Result<RecordBatch> {
+        let mut rows = Vec::with_capacity(keys.len());
+        for &(f, i) in keys {
+            rows.push(self.entry(f)?.accepted[i].clone());
+        }
+        chains_to_batch(&rows)
+    }
+    fn rejects(&mut self, keys: &[(usize, usize)]) -> Result<RecordBatch> {
+        let mut rows = Vec::with_capacity(keys.len());
+        for &(f, i) in keys {
+            rows.push(self.entry(f)?.rejected[i].clone());
+        }
+        rejects_to_batch(&rows)
+    }
+}
+
 /// Write the shard's files from the journal, then the manifest and the marker.
 fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
-    let (_, entries) = super::journal::read_entries(&paths.journal())?;
-    let seeds = entries.len() as u64;
-    let mut chains: Vec<(u64, usize, Chain)> = Vec::new();
-    let mut rejects: Vec<(u64, usize, Reject)> = Vec::new();
-    for e in entries {
-        chains.extend(
-            e.accepted
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| (e.ordinal, i, c)),
-        );
-        rejects.extend(
-            e.rejected
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| (e.ordinal, i, r)),
-        );
-    }
+    let jpath = paths.journal();
+    let scanned = scan(&jpath)?;
+    let seeds = scanned.len() as u64;
     // Canonical order: by seed, then chain id (chains) or input position (rejects).
-    chains
-        .sort_by(|a, b| (&a.2.seed_id, &a.2.id, a.0, a.1).cmp(&(&b.2.seed_id, &b.2.id, b.0, b.1)));
-    rejects.sort_by(|a, b| (&a.2.seed_id, a.0, a.1).cmp(&(&b.2.seed_id, b.0, b.1)));
-    let chains: Vec<Chain> = chains.into_iter().map(|x| x.2).collect();
-    let rejects: Vec<Reject> = rejects.into_iter().map(|x| x.2).collect();
+    let mut chain_keys: Vec<(String, String, u64, usize, usize)> = Vec::new();
+    let mut reject_keys: Vec<(String, u64, usize, usize)> = Vec::new();
+    let mut frames = Vec::with_capacity(scanned.len());
+    for (f, (frame, k)) in scanned.into_iter().enumerate() {
+        frames.push(frame);
+        for (i, c) in k.accepted.into_iter().enumerate() {
+            chain_keys.push((c.seed_id, c.id, k.ordinal, f, i));
+        }
+        for i in 0..k.rejected.len() {
+            reject_keys.push((k.seed_id.clone(), k.ordinal, f, i));
+        }
+    }
+    chain_keys.sort();
+    reject_keys.sort();
+    let chain_rows: Vec<(usize, usize)> = chain_keys.into_iter().map(|k| (k.3, k.4)).collect();
+    let reject_rows: Vec<(usize, usize)> = reject_keys.into_iter().map(|k| (k.2, k.3)).collect();
+    let mut sorted = Sorted {
+        file: std::fs::File::open(&jpath).map_err(io_err(&jpath))?,
+        path: jpath.clone(),
+        frames,
+        cache: None,
+    };
 
     let mut manifest = match read_json::<Manifest>(&paths.manifest()) {
         Ok(m) if m.kind == opts.kind && m.shard_index == opts.shard.index => m,
@@ -343,7 +411,7 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
         let f = write_parquet(
             &paths.chains(),
             chains_schema(),
-            chains.chunks(rg).map(chains_to_batch),
+            chain_rows.chunks(rg).map(|k| sorted.chains(k)),
             &opts.write,
         )?;
         manifest.put(f);
@@ -355,7 +423,7 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
         let f = write_parquet(
             &paths.rejects(),
             rejects_schema(),
-            rejects.chunks(rg).map(rejects_to_batch),
+            reject_rows.chunks(rg).map(|k| sorted.rejects(k)),
             &opts.write,
         )?;
         manifest.put(f);
@@ -372,14 +440,14 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
         shard_index: opts.shard.index,
         num_shards: opts.shard.count,
         seeds,
-        accepted: chains.len() as u64,
-        rejected: rejects.len() as u64,
+        accepted: chain_rows.len() as u64,
+        rejected: reject_rows.len() as u64,
         manifest_blake3: blake3::hash(&mbytes).to_hex().to_string(),
     };
     write_json(&paths.done(), &marker)?;
     crash::point("marker.committed");
-    let j = paths.journal();
-    std::fs::remove_file(&j).map_err(io_err(&j))?;
+    drop(sorted);
+    std::fs::remove_file(&jpath).map_err(io_err(&jpath))?;
     super::parquet_io::fsync_dir(&paths.dir)?;
     Ok(ShardOutcome {
         state: ShardState::Completed,
