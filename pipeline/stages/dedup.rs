@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::minhash::{band_key, estimated_jaccard, exact_jaccard, shingle_hashes, MinHasher};
+use super::minhash::{
+    band_key, estimated_jaccard, exact_jaccard, push_word_hashes, shingles_of_words, MinHasher,
+};
 use super::{reject_for, StageError};
 use crate::record::{Chain, Reject};
 
@@ -101,12 +103,20 @@ pub struct ChainKey {
     pub shingles: Option<Vec<u64>>,
 }
 
-/// Lowercased, whitespace-collapsed text for the exact hash.
-fn normalize(s: &str) -> String {
-    s.split_whitespace()
-        .map(str::to_lowercase)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// Feeds lowercased, whitespace-collapsed `s` to `h` (the exact-hash normal form).
+fn hash_normalized(h: &mut blake3::Hasher, s: &str) {
+    let mut first = true;
+    for w in s.split_whitespace() {
+        if !first {
+            h.update(b" ");
+        }
+        first = false;
+        if w.is_ascii() && !w.bytes().any(|b| b.is_ascii_uppercase()) {
+            h.update(w.as_bytes());
+        } else {
+            h.update(w.to_lowercase().as_bytes());
+        }
+    }
 }
 
 /// The decision for each key, in input order: `None` = keep, `Some(id)` = duplicate of `id`.
@@ -255,15 +265,19 @@ impl Dedup {
         answer: &str,
     ) -> ChainKey {
         let mut h = blake3::Hasher::new();
-        h.update(normalize(prompt).as_bytes());
+        hash_normalized(&mut h, prompt);
         h.update(b"\0");
-        h.update(normalize(reasoning).as_bytes());
+        hash_normalized(&mut h, reasoning);
         h.update(b"\0");
-        h.update(normalize(answer).as_bytes());
+        hash_normalized(&mut h, answer);
         let exact = *h.finalize().as_bytes();
         let (sig, shingles) = if self.cfg.near {
-            let text = format!("{prompt}\n{reasoning}\n{answer}");
-            let mut sh = shingle_hashes(&text, self.cfg.shingle);
+            // prompt, reasoning and answer as one word sequence
+            let mut words = Vec::with_capacity((prompt.len() + reasoning.len() + answer.len()) / 5);
+            for part in [prompt, reasoning, answer] {
+                push_word_hashes(part, &mut words);
+            }
+            let mut sh = shingles_of_words(&words, self.cfg.shingle);
             let sig = self.hasher.signature_of(&sh);
             let keep = (self.cfg.verify == Verify::Exact).then(|| {
                 sh.sort_unstable();

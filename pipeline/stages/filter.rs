@@ -19,6 +19,18 @@ pub struct FilterContext {
     pub seed_lang: HashMap<String, String>,
 }
 
+impl FilterContext {
+    /// Context from the job's seeds (those with a `lang`).
+    pub fn from_seeds<'a>(seeds: impl IntoIterator<Item = &'a crate::record::Seed>) -> Self {
+        Self {
+            seed_lang: seeds
+                .into_iter()
+                .filter_map(|s| s.lang.as_ref().map(|l| (s.id.clone(), l.clone())))
+                .collect(),
+        }
+    }
+}
+
 /// The closed set of filter configs (serde tag `type`), in the order a recipe lists them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
