@@ -128,8 +128,9 @@ fn main() {
         t_gen += tg.elapsed().as_secs_f64();
         let part: Vec<ChainKey> = texts
             .par_iter()
-            .zip(start..end)
-            .map(|((prompt, reasoning), i)| {
+            .enumerate()
+            .map(|(k, (prompt, reasoning))| {
+                let i = start + k as u64;
                 let reward = 0.5 + (mix(i, 99) % 5000) as f64 / 10_000.0;
                 dedup.key_of(&format!("c{i:08}"), reward, prompt, reasoning, "42")
             })

@@ -70,7 +70,7 @@ impl Default for DedupConfig {
 
 impl DedupConfig {
     pub fn build(&self) -> Result<Dedup, StageError> {
-        if self.num_perm == 0 || self.bands == 0 || self.num_perm % self.bands != 0 {
+        if self.num_perm == 0 || self.bands == 0 || !self.num_perm.is_multiple_of(self.bands) {
             return Err(StageError::Config(format!(
                 "num_perm {} must be a positive multiple of bands {}",
                 self.num_perm, self.bands

@@ -187,7 +187,7 @@ pub struct RewardFilter {
 
 impl RewardFilter {
     fn check(&self, c: &Chain) -> Result<(), String> {
-        if !(c.reward >= self.cfg.min_reward) {
+        if c.reward.is_nan() || c.reward < self.cfg.min_reward {
             return Err(format!(
                 "reward {:.3} < {:.3}",
                 c.reward, self.cfg.min_reward
@@ -195,7 +195,7 @@ impl RewardFilter {
         }
         if self.cfg.min_step_confidence > 0.0 {
             for (i, &s) in c.step_confidences.iter().enumerate() {
-                if !(s >= self.cfg.min_step_confidence) {
+                if s.is_nan() || s < self.cfg.min_step_confidence {
                     return Err(format!(
                         "step {i} confidence {s:.3} < {:.3}",
                         self.cfg.min_step_confidence
