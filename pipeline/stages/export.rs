@@ -586,10 +586,17 @@ pub fn dataset_card(chains: &[Chain], cfg: &ExportConfig, summary: &ExportSummar
         b.push_str(&format!("| {m} | `{h}` | {n} |\n"));
     }
     b.push_str("\n## Settings\n\n");
-    for (s, n) in &settings {
+    let mut by_count: Vec<(&String, &usize)> = settings.iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (s, n) in by_count.iter().take(10) {
+        let s = if s.is_empty() { "{}" } else { s.as_str() };
+        b.push_str(&format!("- {n} rows: `{s}`\n"));
+    }
+    if by_count.len() > 10 {
+        let rest: usize = by_count[10..].iter().map(|x| *x.1).sum();
         b.push_str(&format!(
-            "- {n} rows: `{}`\n",
-            if s.is_empty() { "{}" } else { s }
+            "- {rest} rows: {} other settings\n",
+            by_count.len() - 10
         ));
     }
     b.push_str("\n## Seed sets and licences\n\n");
