@@ -170,13 +170,15 @@ fn main() {
 
     let t2 = Instant::now();
     let mut index = dedup.new_index();
-    index.entries = plan.kept;
+    index.entries = plan.kept_entries(keys);
     let dir = std::env::temp_dir().join(format!("cotforge-dedup-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let path = dir.join("dedup.idx");
     let saved = index.save(&path);
     let t_save = t2.elapsed().as_secs_f64();
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let index_len = index.len();
+    drop(index);
     let t3 = Instant::now();
     let loaded = cotforge::stages::dedup::SignatureIndex::load(&path).map(|i| i.len());
     let t_load = t3.elapsed().as_secs_f64();
@@ -197,7 +199,7 @@ fn main() {
     println!("recall {recall:.4}, precision {precision:.4}");
     println!(
         "index: {} entries, {:.1} MiB, save {t_save:.2} s ({}), load {t_load:.2} s ({})",
-        index.len(),
+        index_len,
         size as f64 / (1024.0 * 1024.0),
         if saved.is_ok() { "ok" } else { "FAILED" },
         match loaded {

@@ -123,11 +123,26 @@ fn hash_normalized(h: &mut blake3::Hasher, s: &str) {
 #[derive(Debug, Clone, Default)]
 pub struct DedupPlan {
     pub dup_of: Vec<Option<String>>,
-    /// Index entries of the kept keys (to add to the persistent index).
-    pub kept: Vec<IndexEntry>,
+    /// Positions (in the input keys) of the kept chains, in decision order.
+    pub kept: Vec<usize>,
 }
 
 impl DedupPlan {
+    /// Index entries of the kept chains, moving signatures out of `keys`
+    /// (the keys the plan was made from).
+    pub fn kept_entries(&self, keys: Vec<ChainKey>) -> Vec<IndexEntry> {
+        let mut slots: Vec<Option<ChainKey>> = keys.into_iter().map(Some).collect();
+        self.kept
+            .iter()
+            .filter_map(|&i| slots.get_mut(i).and_then(Option::take))
+            .map(|k| IndexEntry {
+                id: k.id,
+                exact: k.exact,
+                sig: k.sig,
+            })
+            .collect()
+    }
+
     pub fn duplicates(&self) -> usize {
         self.dup_of.iter().filter(|d| d.is_some()).count()
     }
@@ -353,11 +368,7 @@ impl Dedup {
                         k.shingles.as_deref(),
                         self.cfg.near,
                     );
-                    kept.push(IndexEntry {
-                        id: k.id.clone(),
-                        exact: k.exact,
-                        sig: k.sig.clone(),
-                    });
+                    kept.push(i);
                 }
             }
         }
@@ -376,7 +387,7 @@ impl Dedup {
         let keys: Vec<ChainKey> = shards.par_iter().flatten().map(|c| self.key(c)).collect();
         let plan = self.plan(&keys, index.as_deref());
         if let Some(idx) = index {
-            idx.entries.extend(plan.kept.iter().cloned());
+            idx.entries.extend(plan.kept_entries(keys));
         }
         let mut decisions = plan.dup_of.into_iter();
         let mut rejects = Vec::new();
