@@ -5,7 +5,8 @@
 //! and peak RSS (VmHWM). Prints figures; asserts nothing.
 //!
 //! cargo bench --no-default-features --bench dedup -- --n 1000000
-//! (or COTFORGE_BENCH_N=100000)
+//! (or COTFORGE_BENCH_N=100000; COTFORGE_BENCH_PERM / COTFORGE_BENCH_BANDS override
+//! num_perm / bands)
 
 use std::time::Instant;
 
@@ -98,7 +99,14 @@ fn main() {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(1_000_000);
-    let cfg = DedupConfig::default();
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    let mut cfg = DedupConfig::default();
+    if let Some(p) = env("COTFORGE_BENCH_PERM") {
+        cfg.num_perm = p;
+    }
+    if let Some(b) = env("COTFORGE_BENCH_BANDS") {
+        cfg.bands = b;
+    }
     let dedup = match cfg.build() {
         Ok(d) => d,
         Err(e) => {
