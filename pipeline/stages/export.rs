@@ -4,8 +4,8 @@
 //! LLaMA-Factory `dataset_info.json`. Deterministic: rows are split by a hash
 //! of their id and ordered by id, so the same chains give the same bytes.
 //!
-//! Columns per format (every format also carries `id`, `seed_id`, `recipe`,
-//! `reward`, `verified`):
+//! Columns per format (every format also carries `id`, `seed_id`, `model`,
+//! `recipe`, `reward`, `verified`):
 //! - `messages`: `messages: list<struct<role: string, content: string>>`
 //!   (system if any, user, assistant) — TRL's conversational format.
 //! - `prompt-completion`: `prompt: string` (system, blank line, prompt when a
@@ -313,6 +313,7 @@ pub fn export_batch(rows: &[&Chain], cfg: &ExportConfig) -> Result<RecordBatch, 
     }
     cols.push(text_col("id", rows.iter().map(|c| c.id.clone())));
     cols.push(text_col("seed_id", rows.iter().map(|c| c.seed_id.clone())));
+    cols.push(text_col("model", rows.iter().map(|c| c.model.clone())));
     cols.push(opt_text_col(
         "recipe",
         rows.iter().map(|c| c.recipe.map(Recipe::as_str)),
@@ -569,7 +570,7 @@ pub fn dataset_card(chains: &[Chain], cfg: &ExportConfig, summary: &ExportSummar
         ExportFormat::Sharegpt => "`conversations` (list of {from, value}: human, gpt), `system`",
     };
     b.push_str(&format!(
-        "- columns: {cols}; metadata `id`, `seed_id`, `recipe`, `reward` (mean token confidence), \
+        "- columns: {cols}; metadata `id`, `seed_id`, `model`, `recipe`, `reward` (mean token confidence), \
          `verified` (against the reference answer, null when none)\n"
     ));
     b.push_str(&format!(
