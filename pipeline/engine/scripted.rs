@@ -172,7 +172,12 @@ impl ScriptedBackend {
             |marks: &[Token]| ctx.iter().rev().take_while(|t| !marks.contains(t)).count() as f32;
         let since_step = since(&[STEP, THOUGHT, ASSISTANT]);
         let thought = since(&[THOUGHT, ASSISTANT]);
-        for (t, l) in out.iter_mut().enumerate().take(LAST_WORD as usize + 1).skip(FIRST_WORD as usize) {
+        for (t, l) in out
+            .iter_mut()
+            .enumerate()
+            .take(LAST_WORD as usize + 1)
+            .skip(FIRST_WORD as usize)
+        {
             *l = 7.0 * noise(t).powi(3);
         }
         out[STEP as usize] = -4.0 + 6.0 * since_step / self.cfg.step_len as f32;
