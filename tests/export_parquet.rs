@@ -30,7 +30,9 @@ fn chains(n: usize, prefix: &str) -> Vec<Chain> {
                 ),
                 seed_id,
                 recipe: Some(recipe),
-                system: (i % 4 == 0).then(|| "You are a careful math tutor.".to_string()),
+                system: i
+                    .is_multiple_of(4)
+                    .then(|| "You are a careful math tutor.".to_string()),
                 prompt: format!("Question {i}: what is {i} times 3?"),
                 reasoning: if recipe == Recipe::Instruction {
                     String::new()
@@ -42,7 +44,11 @@ fn chains(n: usize, prefix: &str) -> Vec<Chain> {
                 step_confidences: vec![0.9, 0.8],
                 tokens: 40 + i as u32,
                 reflections: (i % 3) as u32,
-                verified: if i % 2 == 0 { Some(true) } else { None },
+                verified: if i.is_multiple_of(2) {
+                    Some(true)
+                } else {
+                    None
+                },
                 reference_answer: Some(format!("{}", i * 3)),
                 model: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
                 model_blake3: "ab".repeat(32),

@@ -19,7 +19,7 @@ fn chain(i: usize, reward: f64) -> Chain {
     Chain {
         id: format!("c{i:04}"),
         seed_id: format!("gsm8k-{}", i / 2),
-        recipe: Some(if i % 4 == 0 {
+        recipe: Some(if i.is_multiple_of(4) {
             Recipe::OpenO1
         } else {
             Recipe::MarcoCot
@@ -29,7 +29,7 @@ fn chain(i: usize, reward: f64) -> Chain {
         answer: format!("{i}"),
         reward,
         tokens: 50 + (i as u32 * 37) % 400,
-        reflections: (i % 5 == 0) as u32 + (i % 11 == 0) as u32,
+        reflections: i.is_multiple_of(5) as u32 + i.is_multiple_of(11) as u32,
         ..Default::default()
     }
 }
@@ -43,12 +43,12 @@ fn make_out(dir: &Path) {
     let mut rejects: Vec<Reject> = Vec::new();
     for i in 200..240 {
         let c = chain(i, 0.2 + (i % 40) as f64 / 100.0);
-        let r = if i % 2 == 0 {
+        let r = if i.is_multiple_of(2) {
             format!("reward {:.3} < 0.600", c.reward)
         } else {
             format!("answer '{}' != reference '7'", i)
         };
-        let stage = if i % 2 == 0 {
+        let stage = if i.is_multiple_of(2) {
             "filter.reward"
         } else {
             "filter.verify"

@@ -305,7 +305,7 @@ min_reward = 0.3
     for recipe in ["open_o1", "marco_cot", "instruction"] {
         let line = text.lines().find(|l| {
             l.trim_start().starts_with(recipe)
-                && l.contains('|') == false
+                && !l.contains('|')
                 && l.split_whitespace().count() == 3
         });
         let accepted: usize = line

@@ -171,7 +171,7 @@ fn threshold_separates_near_from_related() {
         .split(' ')
         .enumerate()
         .map(|(i, w)| {
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 format!("{w}x")
             } else {
                 w.to_string()

@@ -172,8 +172,13 @@ impl ScriptedBackend {
             |marks: &[Token]| ctx.iter().rev().take_while(|t| !marks.contains(t)).count() as f32;
         let since_step = since(&[STEP, THOUGHT, ASSISTANT]);
         let thought = since(&[THOUGHT, ASSISTANT]);
-        for t in FIRST_WORD as usize..=LAST_WORD as usize {
-            out[t] = 7.0 * noise(t).powi(3);
+        for (t, l) in out
+            .iter_mut()
+            .enumerate()
+            .take(LAST_WORD as usize + 1)
+            .skip(FIRST_WORD as usize)
+        {
+            *l = 7.0 * noise(t).powi(3);
         }
         out[STEP as usize] = -4.0 + 6.0 * since_step / self.cfg.step_len as f32;
         out[EOS as usize] = -6.0 + 8.0 * thought / self.cfg.thought_len as f32;

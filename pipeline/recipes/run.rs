@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
 use crate::record::{Chain, Recipe, Reject, Seed};
-use crate::search::DriverConfig;
 use crate::stages::filter::FilterChain;
 use crate::store::ingest::{Ingest, IngestOptions};
 use crate::store::manifest::{job_created_at, ShardPaths};
@@ -324,7 +323,7 @@ fn run_recipe_shard(
             let mut p = MarcoCot {
                 engine,
                 search: r.search.clone(),
-                driver: r.spec.driver.clone().unwrap_or_else(DriverConfig::default),
+                driver: r.spec.driver.clone().unwrap_or_default(),
                 verifier: Arc::new(crate::stages::answer::answers_match),
                 filters,
                 meta: meta.clone(),

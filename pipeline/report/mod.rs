@@ -58,6 +58,8 @@ pub struct Summary {
     pub by_recipe: BTreeMap<String, (usize, usize)>,
     /// (stage, reason with numbers and ids elided) -> count
     pub by_reason: BTreeMap<(String, String), usize>,
+    /// (stage, reason category, recipe) -> count
+    pub by_reason_recipe: BTreeMap<(String, String, String), usize>,
     pub reward_accepted: Vec<f64>,
     /// Rewards of rejected chains (from the chain JSON in `Reject.row`).
     pub reward_rejected: Vec<f64>,
@@ -116,9 +118,11 @@ impl Summary {
             seeds.insert(r.seed_id.as_str());
             s.rejected += 1;
             s.by_recipe.entry(recipe_name(r.recipe)).or_default().1 += 1;
-            *s.by_reason
-                .entry((r.stage.clone(), reason_category(&r.stage, &r.reason)))
+            let cat = reason_category(&r.stage, &r.reason);
+            *s.by_reason_recipe
+                .entry((r.stage.clone(), cat.clone(), recipe_name(r.recipe)))
                 .or_default() += 1;
+            *s.by_reason.entry((r.stage.clone(), cat)).or_default() += 1;
             if let Ok(c) = serde_json::from_str::<Chain>(&r.row) {
                 if c.reward > 0.0 || !c.reasoning.is_empty() || !c.answer.is_empty() {
                     s.reward_rejected.push(c.reward);
@@ -195,14 +199,14 @@ impl Summary {
             .collect();
         out.push_str(&table(&["recipe", "accepted", "rejected"], &rows));
         out.push('\n');
-        let mut reasons: Vec<_> = self.by_reason.iter().collect();
+        let mut reasons: Vec<_> = self.by_reason_recipe.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let rows: Vec<Vec<String>> = reasons
             .iter()
-            .map(|((st, re), n)| vec![st.clone(), re.clone(), n.to_string()])
+            .map(|((st, re, rc), n)| vec![st.clone(), re.clone(), rc.clone(), n.to_string()])
             .collect();
         if !rows.is_empty() {
-            out.push_str(&table(&["stage", "reason", "rejected"], &rows));
+            out.push_str(&table(&["stage", "reason", "recipe", "rejected"], &rows));
             out.push('\n');
         }
         let q = |name: &str, v: &[f64], prec: usize| -> Vec<String> {

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::minhash::{band_key, estimated_jaccard, exact_jaccard, shingle_hashes, MinHasher};
+use super::minhash::{
+    band_key, estimated_jaccard, exact_jaccard, push_word_hashes, shingles_of_words, MinHasher,
+};
 use super::{reject_for, StageError};
 use crate::record::{Chain, Reject};
 
@@ -68,7 +70,7 @@ impl Default for DedupConfig {
 
 impl DedupConfig {
     pub fn build(&self) -> Result<Dedup, StageError> {
-        if self.num_perm == 0 || self.bands == 0 || self.num_perm % self.bands != 0 {
+        if self.num_perm == 0 || self.bands == 0 || !self.num_perm.is_multiple_of(self.bands) {
             return Err(StageError::Config(format!(
                 "num_perm {} must be a positive multiple of bands {}",
                 self.num_perm, self.bands
@@ -101,23 +103,46 @@ pub struct ChainKey {
     pub shingles: Option<Vec<u64>>,
 }
 
-/// Lowercased, whitespace-collapsed text for the exact hash.
-fn normalize(s: &str) -> String {
-    s.split_whitespace()
-        .map(str::to_lowercase)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// Feeds lowercased, whitespace-collapsed `s` to `h` (the exact-hash normal form).
+fn hash_normalized(h: &mut blake3::Hasher, s: &str) {
+    let mut first = true;
+    for w in s.split_whitespace() {
+        if !first {
+            h.update(b" ");
+        }
+        first = false;
+        if w.is_ascii() && !w.bytes().any(|b| b.is_ascii_uppercase()) {
+            h.update(w.as_bytes());
+        } else {
+            h.update(w.to_lowercase().as_bytes());
+        }
+    }
 }
 
 /// The decision for each key, in input order: `None` = keep, `Some(id)` = duplicate of `id`.
 #[derive(Debug, Clone, Default)]
 pub struct DedupPlan {
     pub dup_of: Vec<Option<String>>,
-    /// Index entries of the kept keys (to add to the persistent index).
-    pub kept: Vec<IndexEntry>,
+    /// Positions (in the input keys) of the kept chains, in decision order.
+    pub kept: Vec<usize>,
 }
 
 impl DedupPlan {
+    /// Index entries of the kept chains, moving signatures out of `keys`
+    /// (the keys the plan was made from).
+    pub fn kept_entries(&self, keys: Vec<ChainKey>) -> Vec<IndexEntry> {
+        let mut slots: Vec<Option<ChainKey>> = keys.into_iter().map(Some).collect();
+        self.kept
+            .iter()
+            .filter_map(|&i| slots.get_mut(i).and_then(Option::take))
+            .map(|k| IndexEntry {
+                id: k.id,
+                exact: k.exact,
+                sig: k.sig,
+            })
+            .collect()
+    }
+
     pub fn duplicates(&self) -> usize {
         self.dup_of.iter().filter(|d| d.is_some()).count()
     }
@@ -255,15 +280,19 @@ impl Dedup {
         answer: &str,
     ) -> ChainKey {
         let mut h = blake3::Hasher::new();
-        h.update(normalize(prompt).as_bytes());
+        hash_normalized(&mut h, prompt);
         h.update(b"\0");
-        h.update(normalize(reasoning).as_bytes());
+        hash_normalized(&mut h, reasoning);
         h.update(b"\0");
-        h.update(normalize(answer).as_bytes());
+        hash_normalized(&mut h, answer);
         let exact = *h.finalize().as_bytes();
         let (sig, shingles) = if self.cfg.near {
-            let text = format!("{prompt}\n{reasoning}\n{answer}");
-            let mut sh = shingle_hashes(&text, self.cfg.shingle);
+            // prompt, reasoning and answer as one word sequence
+            let mut words = Vec::with_capacity((prompt.len() + reasoning.len() + answer.len()) / 5);
+            for part in [prompt, reasoning, answer] {
+                push_word_hashes(part, &mut words);
+            }
+            let mut sh = shingles_of_words(&words, self.cfg.shingle);
             let sig = self.hasher.signature_of(&sh);
             let keep = (self.cfg.verify == Verify::Exact).then(|| {
                 sh.sort_unstable();
@@ -339,11 +368,7 @@ impl Dedup {
                         k.shingles.as_deref(),
                         self.cfg.near,
                     );
-                    kept.push(IndexEntry {
-                        id: k.id.clone(),
-                        exact: k.exact,
-                        sig: k.sig.clone(),
-                    });
+                    kept.push(i);
                 }
             }
         }
@@ -362,7 +387,7 @@ impl Dedup {
         let keys: Vec<ChainKey> = shards.par_iter().flatten().map(|c| self.key(c)).collect();
         let plan = self.plan(&keys, index.as_deref());
         if let Some(idx) = index {
-            idx.entries.extend(plan.kept.iter().cloned());
+            idx.entries.extend(plan.kept_entries(keys));
         }
         let mut decisions = plan.dup_of.into_iter();
         let mut rejects = Vec::new();

@@ -4,8 +4,8 @@
 //! LLaMA-Factory `dataset_info.json`. Deterministic: rows are split by a hash
 //! of their id and ordered by id, so the same chains give the same bytes.
 //!
-//! Columns per format (every format also carries `id`, `seed_id`, `recipe`,
-//! `reward`, `verified`):
+//! Columns per format (every format also carries `id`, `seed_id`, `model`,
+//! `recipe`, `reward`, `verified`):
 //! - `messages`: `messages: list<struct<role: string, content: string>>`
 //!   (system if any, user, assistant) — TRL's conversational format.
 //! - `prompt-completion`: `prompt: string` (system, blank line, prompt when a
@@ -313,6 +313,7 @@ pub fn export_batch(rows: &[&Chain], cfg: &ExportConfig) -> Result<RecordBatch, 
     }
     cols.push(text_col("id", rows.iter().map(|c| c.id.clone())));
     cols.push(text_col("seed_id", rows.iter().map(|c| c.seed_id.clone())));
+    cols.push(text_col("model", rows.iter().map(|c| c.model.clone())));
     cols.push(opt_text_col(
         "recipe",
         rows.iter().map(|c| c.recipe.map(Recipe::as_str)),
@@ -569,7 +570,7 @@ pub fn dataset_card(chains: &[Chain], cfg: &ExportConfig, summary: &ExportSummar
         ExportFormat::Sharegpt => "`conversations` (list of {from, value}: human, gpt), `system`",
     };
     b.push_str(&format!(
-        "- columns: {cols}; metadata `id`, `seed_id`, `recipe`, `reward` (mean token confidence), \
+        "- columns: {cols}; metadata `id`, `seed_id`, `model`, `recipe`, `reward` (mean token confidence), \
          `verified` (against the reference answer, null when none)\n"
     ));
     b.push_str(&format!(
@@ -586,10 +587,17 @@ pub fn dataset_card(chains: &[Chain], cfg: &ExportConfig, summary: &ExportSummar
         b.push_str(&format!("| {m} | `{h}` | {n} |\n"));
     }
     b.push_str("\n## Settings\n\n");
-    for (s, n) in &settings {
+    let mut by_count: Vec<(&String, &usize)> = settings.iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (s, n) in by_count.iter().take(10) {
+        let s = if s.is_empty() { "{}" } else { s.as_str() };
+        b.push_str(&format!("- {n} rows: `{s}`\n"));
+    }
+    if by_count.len() > 10 {
+        let rest: usize = by_count[10..].iter().map(|x| *x.1).sum();
         b.push_str(&format!(
-            "- {n} rows: `{}`\n",
-            if s.is_empty() { "{}" } else { s }
+            "- {rest} rows: {} other settings\n",
+            by_count.len() - 10
         ));
     }
     b.push_str("\n## Seed sets and licences\n\n");

@@ -19,6 +19,18 @@ pub struct FilterContext {
     pub seed_lang: HashMap<String, String>,
 }
 
+impl FilterContext {
+    /// Context from the job's seeds (those with a `lang`).
+    pub fn from_seeds<'a>(seeds: impl IntoIterator<Item = &'a crate::record::Seed>) -> Self {
+        Self {
+            seed_lang: seeds
+                .into_iter()
+                .filter_map(|s| s.lang.as_ref().map(|l| (s.id.clone(), l.clone())))
+                .collect(),
+        }
+    }
+}
+
 /// The closed set of filter configs (serde tag `type`), in the order a recipe lists them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -175,7 +187,7 @@ pub struct RewardFilter {
 
 impl RewardFilter {
     fn check(&self, c: &Chain) -> Result<(), String> {
-        if !(c.reward >= self.cfg.min_reward) {
+        if c.reward.is_nan() || c.reward < self.cfg.min_reward {
             return Err(format!(
                 "reward {:.3} < {:.3}",
                 c.reward, self.cfg.min_reward
@@ -183,7 +195,7 @@ impl RewardFilter {
         }
         if self.cfg.min_step_confidence > 0.0 {
             for (i, &s) in c.step_confidences.iter().enumerate() {
-                if !(s >= self.cfg.min_step_confidence) {
+                if s.is_nan() || s < self.cfg.min_step_confidence {
                     return Err(format!(
                         "step {i} confidence {s:.3} < {:.3}",
                         self.cfg.min_step_confidence

@@ -29,29 +29,42 @@ fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
 /// so punctuation and spacing changes do not make chains distinct.
 pub fn word_hashes(text: &str) -> Vec<u64> {
     let mut out = Vec::with_capacity(text.len() / 5);
+    push_word_hashes(text, &mut out);
+    out
+}
+
+/// [`word_hashes`] appended to `out` (ASCII words hashed without allocating).
+pub fn push_word_hashes(text: &str, out: &mut Vec<u64>) {
     let mut buf = String::new();
     for word in text.split(|c: char| !c.is_alphanumeric()) {
         if word.is_empty() {
             continue;
         }
-        buf.clear();
-        for c in word.chars() {
-            buf.extend(c.to_lowercase());
+        if word.is_ascii() {
+            out.push(fnv1a(word.bytes().map(|b| b.to_ascii_lowercase())));
+        } else {
+            buf.clear();
+            for c in word.chars() {
+                buf.extend(c.to_lowercase());
+            }
+            out.push(fnv1a(buf.bytes()));
         }
-        out.push(fnv1a(buf.bytes()));
     }
-    out
 }
 
 /// Hashes of the word `k`-shingles of `text` (one shingle for shorter texts).
 pub fn shingle_hashes(text: &str, k: usize) -> Vec<u64> {
-    let words = word_hashes(text);
+    shingles_of_words(&word_hashes(text), k)
+}
+
+/// Shingle hashes from word hashes.
+pub fn shingles_of_words(words: &[u64], k: usize) -> Vec<u64> {
     let k = k.max(1);
     if words.is_empty() {
         return Vec::new();
     }
     if words.len() <= k {
-        return vec![combine(&words)];
+        return vec![combine(words)];
     }
     words.windows(k).map(combine).collect()
 }
@@ -98,11 +111,9 @@ impl MinHasher {
         let n = self.a.len();
         let mut sig = vec![u32::MAX; n];
         for &x in shingles {
-            for i in 0..n {
-                let h = (self.a[i].wrapping_mul(x).wrapping_add(self.b[i]) >> 32) as u32;
-                if h < sig[i] {
-                    sig[i] = h;
-                }
+            for ((s, &a), &b) in sig.iter_mut().zip(&self.a).zip(&self.b) {
+                let h = (a.wrapping_mul(x).wrapping_add(b) >> 32) as u32;
+                *s = (*s).min(h);
             }
         }
         sig

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 import datasets  # noqa: E402
 
-META = {"id": pa.string(), "seed_id": pa.string(), "recipe": pa.string(),
+META = {"id": pa.string(), "seed_id": pa.string(), "model": pa.string(), "recipe": pa.string(),
         "reward": pa.float64(), "verified": pa.bool_()}
 
 
