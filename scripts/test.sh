@@ -24,6 +24,10 @@ if ! command -v chromium >/dev/null; then
   fi
 fi
 
+# Tests run several llama.cpp contexts at once (parallel test threads); OpenMP's
+# default spin-waiting then starves them. Speed is measured by scripts/bench.sh, not here.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+
 cargo fmt --check
 # One release build serves the tests, the benches and the main job.
 # Benches are compiled (so they cannot rot) but never run here: speed lives in scripts/bench.sh.
