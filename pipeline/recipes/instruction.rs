@@ -11,7 +11,7 @@ use crate::record::{Chain, Recipe, Seed};
 use crate::stages::filter::FilterChain;
 use crate::store::worker::{Processed, Processor};
 
-use super::{chain_id, filter_chains, reject_seed, seed_prompt_text, Cancel, RowMeta};
+use super::{filter_chains, reject_seed, seed_prompt_text, Cancel, RowMeta};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -119,28 +119,13 @@ impl Processor for Instruction<'_> {
                 out[i] = Some(Processed::default());
                 continue;
             };
+            let disc = format!("best-of-{}:{k}", self.cfg.n);
             let chain = Chain {
-                id: chain_id(
-                    &seed.id,
-                    Recipe::Instruction,
-                    &format!("best-of-{}:{k}", self.cfg.n),
-                ),
-                seed_id: seed.id.clone(),
-                recipe: Some(Recipe::Instruction),
-                system: seed.system.clone(),
-                prompt: seed.prompt.clone(),
-                reasoning: String::new(),
                 answer: c.text.trim().to_string(),
                 reward: c.mean_confidence,
                 step_confidences: vec![c.mean_confidence],
                 tokens: c.tokens.len() as u32,
-                reflections: 0,
-                verified: None,
-                reference_answer: seed.reference_answer.clone(),
-                model: self.meta.model.clone(),
-                model_blake3: self.meta.model_blake3.clone(),
-                settings: settings.clone(),
-                created_at: self.meta.created_at,
+                ..self.meta.chain(seed, Recipe::Instruction, &disc, &settings)
             };
             out[i] = Some(filter_chains(&self.filters, seed, vec![chain]));
         }

@@ -66,7 +66,20 @@ impl Processor for MarcoCot<'_> {
         for (i, r) in idx.into_iter().zip(results) {
             let seed = &seeds[i];
             if let Some(dir) = &self.trees_dir {
-                let path = dir.join(format!("{}.json", seed.id));
+                // Seed ids are free text: keep the file name to a safe alphabet.
+                let name: String = seed
+                    .id
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .take(96)
+                    .collect();
+                let path = dir.join(format!("{name}.json"));
                 if let Err(e) =
                     crate::store::parquet_io::commit_bytes(&path, r.tree.to_json().as_bytes())
                 {

@@ -58,6 +58,26 @@ pub struct RowMeta {
     pub created_at: i64,
 }
 
+impl RowMeta {
+    /// A chain row of `seed` with every seed- and job-level field filled; the
+    /// recipe sets the generated parts with struct-update syntax.
+    pub fn chain(&self, seed: &Seed, recipe: Recipe, discriminator: &str, settings: &str) -> Chain {
+        Chain {
+            id: chain_id(&seed.id, recipe, discriminator),
+            seed_id: seed.id.clone(),
+            recipe: Some(recipe),
+            system: seed.system.clone(),
+            prompt: seed.prompt.clone(),
+            reference_answer: seed.reference_answer.clone(),
+            model: self.model.clone(),
+            model_blake3: self.model_blake3.clone(),
+            settings: settings.to_string(),
+            created_at: self.created_at,
+            ..Chain::default()
+        }
+    }
+}
+
 /// The chat-templated prompt of a seed (system from the seed, else the recipe's default).
 pub fn seed_prompt_text(
     engine: &dyn Engine,

@@ -11,9 +11,7 @@ use crate::stages::filter::FilterChain;
 use crate::stages::format::check_format;
 use crate::store::worker::{Processed, Processor};
 
-use super::{
-    chain_id, filter_chains, reject_seed, seed_prompt_text, step_ends, step_means, Cancel, RowMeta,
-};
+use super::{filter_chains, reject_seed, seed_prompt_text, step_ends, step_means, Cancel, RowMeta};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -140,23 +138,12 @@ impl Processor for OpenO1<'_> {
             let mut ends = step_ends(&reasoning, &self.cfg.step_delimiter);
             ends.push(text.len());
             let chain = Chain {
-                id: chain_id(&seed.id, Recipe::OpenO1, "response"),
-                seed_id: seed.id.clone(),
-                recipe: Some(Recipe::OpenO1),
-                system: seed.system.clone(),
-                prompt: seed.prompt.clone(),
                 reasoning,
                 answer,
                 reward: crate::engine::mean_confidence(&toks),
                 step_confidences: step_means(&pieces, &conf, text.len(), &ends),
                 tokens: text_toks.len() as u32,
-                reflections: 0,
-                verified: None,
-                reference_answer: seed.reference_answer.clone(),
-                model: self.meta.model.clone(),
-                model_blake3: self.meta.model_blake3.clone(),
-                settings: settings.clone(),
-                created_at: self.meta.created_at,
+                ..self.meta.chain(seed, Recipe::OpenO1, "response", &settings)
             };
             out[i] = Some(filter_chains(&self.filters, seed, vec![chain]));
         }

@@ -1,6 +1,5 @@
-//! A small Parquet mapping of [`Chain`] and [`Reject`] rows for export,
-//! stats and report, independent of `store` (written in parallel; the lead
-//! can swap in the store's reader — the library APIs take `&[Chain]`).
+//! Reading [`Chain`] and [`Reject`] rows for export, stats and report from
+//! any Parquet under an output directory (writing goes through `store`).
 //!
 //! Columns are named after the struct fields; `recipe` is a utf8 string,
 //! `step_confidences` a list<float64>, `verified` a nullable bool,
@@ -12,17 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Float64Builder, Int64Array, ListArray,
-    ListBuilder, RecordBatch, StringArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
+    UInt32Array,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 
 use crate::record::{Chain, Recipe, Reject};
+use crate::store::parquet_io::{write_parquet, WriteOptions};
+use crate::store::schema::{chains_schema, chains_to_batch, rejects_schema, rejects_to_batch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
@@ -44,6 +42,8 @@ pub enum IoError {
         #[source]
         source: arrow::error::ArrowError,
     },
+    #[error("{path}: {msg}")]
+    Store { path: PathBuf, msg: String },
     #[error("{path}: column '{column}': {msg}")]
     Column {
         path: PathBuf,
@@ -60,138 +60,35 @@ pub enum FileKind {
     Other,
 }
 
-pub fn chain_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("seed_id", DataType::Utf8, false),
-        Field::new("recipe", DataType::Utf8, true),
-        Field::new("system", DataType::Utf8, true),
-        Field::new("prompt", DataType::Utf8, false),
-        Field::new("reasoning", DataType::Utf8, false),
-        Field::new("answer", DataType::Utf8, false),
-        Field::new("reward", DataType::Float64, false),
-        Field::new(
-            "step_confidences",
-            DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
-            false,
-        ),
-        Field::new("tokens", DataType::UInt32, false),
-        Field::new("reflections", DataType::UInt32, false),
-        Field::new("verified", DataType::Boolean, true),
-        Field::new("reference_answer", DataType::Utf8, true),
-        Field::new("model", DataType::Utf8, false),
-        Field::new("model_blake3", DataType::Utf8, false),
-        Field::new("settings", DataType::Utf8, false),
-        Field::new("created_at", DataType::Int64, false),
-    ]))
-}
-
-pub fn reject_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("seed_id", DataType::Utf8, false),
-        Field::new("chain_id", DataType::Utf8, true),
-        Field::new("recipe", DataType::Utf8, true),
-        Field::new("stage", DataType::Utf8, false),
-        Field::new("reason", DataType::Utf8, false),
-        Field::new("row", DataType::Utf8, false),
-    ]))
-}
-
-fn writer_props() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-        .set_max_row_group_row_count(Some(8192))
-        .set_created_by("cotforge".into())
-        .build()
-}
-
-fn utf8<'a>(it: impl Iterator<Item = &'a str>) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(it))
-}
-fn utf8_opt<'a>(it: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
-    Arc::new(StringArray::from_iter(it))
-}
-
-pub fn chains_batch(rows: &[Chain]) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let mut steps = ListBuilder::new(Float64Builder::new()).with_field(Arc::new(Field::new(
-        "item",
-        DataType::Float64,
-        true,
-    )));
-    for c in rows {
-        steps.values().append_slice(&c.step_confidences);
-        steps.append(true);
-    }
-    let cols: Vec<ArrayRef> = vec![
-        utf8(rows.iter().map(|c| c.id.as_str())),
-        utf8(rows.iter().map(|c| c.seed_id.as_str())),
-        utf8_opt(rows.iter().map(|c| c.recipe.map(Recipe::as_str))),
-        utf8_opt(rows.iter().map(|c| c.system.as_deref())),
-        utf8(rows.iter().map(|c| c.prompt.as_str())),
-        utf8(rows.iter().map(|c| c.reasoning.as_str())),
-        utf8(rows.iter().map(|c| c.answer.as_str())),
-        Arc::new(Float64Array::from_iter_values(
-            rows.iter().map(|c| c.reward),
-        )),
-        Arc::new(steps.finish()),
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|c| c.tokens))),
-        Arc::new(UInt32Array::from_iter_values(
-            rows.iter().map(|c| c.reflections),
-        )),
-        Arc::new(BooleanArray::from_iter(rows.iter().map(|c| c.verified))),
-        utf8_opt(rows.iter().map(|c| c.reference_answer.as_deref())),
-        utf8(rows.iter().map(|c| c.model.as_str())),
-        utf8(rows.iter().map(|c| c.model_blake3.as_str())),
-        utf8(rows.iter().map(|c| c.settings.as_str())),
-        Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|c| c.created_at),
-        )),
-    ];
-    RecordBatch::try_new(chain_schema(), cols)
-}
-
-pub fn rejects_batch(rows: &[Reject]) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let cols: Vec<ArrayRef> = vec![
-        utf8(rows.iter().map(|r| r.seed_id.as_str())),
-        utf8_opt(rows.iter().map(|r| r.chain_id.as_deref())),
-        utf8_opt(rows.iter().map(|r| r.recipe.map(Recipe::as_str))),
-        utf8(rows.iter().map(|r| r.stage.as_str())),
-        utf8(rows.iter().map(|r| r.reason.as_str())),
-        utf8(rows.iter().map(|r| r.row.as_str())),
-    ];
-    RecordBatch::try_new(reject_schema(), cols)
-}
-
-fn write_batch(path: &Path, batch: &RecordBatch) -> Result<(), IoError> {
-    let file = File::create(path).map_err(|source| IoError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let pq = |source| IoError::Parquet {
-        path: path.into(),
-        source,
-    };
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(writer_props())).map_err(pq)?;
-    w.write(batch).map_err(pq)?;
-    w.close().map_err(pq)?;
-    Ok(())
-}
-
-/// Writes chains to one Parquet file (tests, and a stand-in until `store` lands).
+/// Write chains to one Parquet file with the store's schema and writer
+/// (zstd, bounded row groups, atomic commit).
 pub fn write_chains(path: &Path, rows: &[Chain]) -> Result<(), IoError> {
-    let batch = chains_batch(rows).map_err(|source| IoError::Arrow {
+    write_parquet(
+        path,
+        chains_schema(),
+        [chains_to_batch(rows)],
+        &WriteOptions::default(),
+    )
+    .map(|_| ())
+    .map_err(|e| IoError::Store {
         path: path.into(),
-        source,
-    })?;
-    write_batch(path, &batch)
+        msg: e.to_string(),
+    })
 }
 
+/// Write rejects to one Parquet file (see [`write_chains`]).
 pub fn write_rejects(path: &Path, rows: &[Reject]) -> Result<(), IoError> {
-    let batch = rejects_batch(rows).map_err(|source| IoError::Arrow {
+    write_parquet(
+        path,
+        rejects_schema(),
+        [rejects_to_batch(rows)],
+        &WriteOptions::default(),
+    )
+    .map(|_| ())
+    .map_err(|e| IoError::Store {
         path: path.into(),
-        source,
-    })?;
-    write_batch(path, &batch)
+        msg: e.to_string(),
+    })
 }
 
 fn open(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, IoError> {
