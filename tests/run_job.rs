@@ -329,3 +329,40 @@ min_reward = 0.3
         );
     }
 }
+
+#[test]
+fn a_second_night_ships_nothing_the_first_night_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("dedup-index");
+    let with_index = |name: &str| {
+        let p = scripted_job(dir.path(), name);
+        let text = std::fs::read_to_string(&p).unwrap().replace(
+            "[dedup]\nenabled = true\n",
+            &format!(
+                "[dedup]\nenabled = true\nindex = {:?}\n",
+                index.display().to_string()
+            ),
+        );
+        assert!(
+            text.contains("index ="),
+            "job template changed: no [dedup] section to extend"
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let night1 = with_index("night1");
+    run_ok(&["run", night1.to_str().unwrap()]);
+    let first = final_files(&out_of(dir.path(), "night1"));
+    // Rerunning the finished night compares against the index as it was before
+    // that night, so it does not reject its own chains.
+    run_ok(&["finalize", night1.to_str().unwrap()]);
+    assert_eq!(first, final_files(&out_of(dir.path(), "night1")));
+
+    // Night 2 makes the same chains (same seeds, same job seed): all are duplicates.
+    let night2 = with_index("night2");
+    let text = run_ok(&["run", night2.to_str().unwrap()]);
+    assert!(
+        text.contains("final: 0 chains"),
+        "night 2 shipped chains again:\n{text}"
+    );
+}

@@ -163,7 +163,9 @@ impl LlamaEngine {
             eog.push(vocab.is_eog(LlamaToken(t)));
         }
         let template = model.chat_template(None).ok();
-        let arch = model.meta_val_str("general.architecture").unwrap_or_default();
+        let arch = model
+            .meta_val_str("general.architecture")
+            .unwrap_or_default();
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -174,7 +176,10 @@ impl LlamaEngine {
             batch: LlamaBatch::new(cfg.n_batch, 1),
             model,
             template,
-            fallback_template: cfg.chat_template.clone().unwrap_or_else(|| default_template(&arch).into()),
+            fallback_template: cfg
+                .chat_template
+                .clone()
+                .unwrap_or_else(|| default_template(&arch).into()),
             pieces,
             eog,
             name,

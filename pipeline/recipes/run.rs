@@ -481,7 +481,7 @@ pub fn finalize(job: &Job) -> Result<FinalSummary, RecipeError> {
         // same job compare against the same earlier nights, not against themselves.
         let snapshot = final_dir.join("dedup-index.before");
         let mut index = match &job.file.dedup.index {
-            Some(live) if snapshot.exists() => Some(dedup.open_index(&snapshot)?),
+            Some(_) if snapshot.exists() => Some(dedup.open_index(&snapshot)?),
             Some(live) => {
                 let idx = dedup.open_index(live)?;
                 idx.save(&snapshot)?;
