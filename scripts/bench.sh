@@ -24,8 +24,14 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 
 # llama.cpp's own tools, built from the llama.cpp tree vendored in the
 # llama-cpp-python sdist (the llama-cpp-sys-2 crate ships no tool sources).
+# Same CPU flags as the crate's build (GGML_NATIVE=OFF: AVX2/FMA/F16C), so both
+# sides run the same kernels; a native build may also pick up AMX paths that
+# crash on VMs which advertise AMX without supporting it.
+TOOLS_FLAGS="GGML_NATIVE=OFF"
 build_llama_tools() {
-  if [ -x "$TOOLS/bin/llama-batched-bench" ] && [ -x "$TOOLS/bin/llama-perplexity" ]; then return; fi
+  if [ -x "$TOOLS/bin/llama-batched-bench" ] && [ -x "$TOOLS/bin/llama-perplexity" ] \
+     && [ "$(cat "$TOOLS/bin/.flags" 2>/dev/null)" = "$TOOLS_FLAGS" ]; then return; fi
+  rm -rf "$TOOLS/build" "$TOOLS/bin"
   log "building llama-batched-bench and llama-perplexity from llama-cpp-python==$LCP_VERSION (cached in $TOOLS)"
   mkdir -p "$TOOLS/src"
   if [ ! -d "$TOOLS/src/llama.cpp" ]; then
@@ -39,6 +45,7 @@ build_llama_tools() {
   cmake --build "$TOOLS/build" --target llama-batched-bench llama-perplexity -j "$(nproc)" >"$TOOLS/build.log" 2>&1 || { tail -30 "$TOOLS/build.log"; exit 1; }
   mkdir -p "$TOOLS/bin"
   cp "$TOOLS/build/bin/llama-batched-bench" "$TOOLS/build/bin/llama-perplexity" "$TOOLS/bin/"
+  echo "$TOOLS_FLAGS" > "$TOOLS/bin/.flags"
 }
 
 [ -f "$MODEL" ] || scripts/setup.sh

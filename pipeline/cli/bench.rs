@@ -114,6 +114,36 @@ fn parse_perplexity(out: &str) -> anyhow::Result<f64> {
             return Ok(toks / (ms / 1000.0));
         }
     }
+    // Newer builds print no perf line without --perf: use the log timestamps
+    // (`M.SS.mmm.uuu`) of "calculating perplexity over N chunks, n_ctx=C" and "Final estimate".
+    let stamp = |line: &str| -> Option<f64> {
+        let t: Vec<f64> = line
+            .split_whitespace()
+            .next()?
+            .split('.')
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        (t.len() == 4).then(|| t[0] * 60.0 + t[1] + t[2] / 1e3 + t[3] / 1e6)
+    };
+    let start = out
+        .lines()
+        .find(|l| l.contains("calculating perplexity over"));
+    let end = out.lines().find(|l| l.contains("Final estimate"));
+    if let (Some(s), Some(e)) = (start, end) {
+        let num_after = |key: &str| -> Option<f64> {
+            s.split(key)
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        if let (Some(t0), Some(t1), Some(chunks), Some(n_ctx)) =
+            (stamp(s), stamp(e), num_after("over "), num_after("n_ctx="))
+        {
+            return Ok(chunks * n_ctx / (t1 - t0).max(1e-9));
+        }
+    }
     bail!("no 'prompt eval time' line in llama-perplexity output:\n{out}")
 }
 
@@ -325,6 +355,16 @@ mod tests {
     fn parses_perplexity_timing() {
         let out = "llama_perf_context_print: prompt eval time =    4526.83 ms /  1024 tokens (    4.42 ms per token,   226.21 tokens per second)";
         assert!((parse_perplexity(out).unwrap() - 1024.0 / 4.52683).abs() < 1e-6);
+    }
+
+    #[test]
+    fn parses_perplexity_log_timestamps() {
+        let out = "0.00.218.068 I perplexity: calculating perplexity over 15 chunks, n_ctx=512, batch_size=512, n_seq=1\n0.25.377.711 I Final estimate: PPL = 4.5876 +/- 0.16878\n";
+        let tps = parse_perplexity(out).unwrap();
+        assert!(
+            (tps - 15.0 * 512.0 / (25.377711 - 0.218068)).abs() < 1e-6,
+            "{tps}"
+        );
     }
 
     #[test]
