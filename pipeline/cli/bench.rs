@@ -138,9 +138,17 @@ fn parse_perplexity(out: &str) -> anyhow::Result<f64> {
                 .parse()
                 .ok()
         };
-        if let (Some(t0), Some(t1), Some(chunks), Some(n_ctx)) =
-            (stamp(s), stamp(e), num_after("over "), num_after("n_ctx="))
-        {
+        // stdout's progress can glue onto stderr's line: take the stamp right before the message.
+        let end_stamp = e
+            .split(" I Final estimate")
+            .next()
+            .and_then(|p| p.split_whitespace().last());
+        if let (Some(t0), Some(t1), Some(chunks), Some(n_ctx)) = (
+            stamp(s),
+            end_stamp.and_then(stamp),
+            num_after("over "),
+            num_after("n_ctx="),
+        ) {
             return Ok(chunks * n_ctx / (t1 - t0).max(1e-9));
         }
     }
@@ -359,7 +367,7 @@ mod tests {
 
     #[test]
     fn parses_perplexity_log_timestamps() {
-        let out = "0.00.218.068 I perplexity: calculating perplexity over 15 chunks, n_ctx=512, batch_size=512, n_seq=1\n0.25.377.711 I Final estimate: PPL = 4.5876 +/- 0.16878\n";
+        let out = "0.00.218.068 I perplexity: calculating perplexity over 15 chunks, n_ctx=512, batch_size=512, n_seq=1\n0.01.949.051 I perplexity: 1.73 seconds per pass - ETA 0.25.377.711 I Final estimate: PPL = 4.5876 +/- 0.16878\n";
         let tps = parse_perplexity(out).unwrap();
         assert!(
             (tps - 15.0 * 512.0 / (25.377711 - 0.218068)).abs() < 1e-6,
