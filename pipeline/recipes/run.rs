@@ -268,7 +268,20 @@ fn run_recipe_shard(
     let seeds = Ingest::open(&r.spec.seeds, ingest_options(job, shard))?.take_while(within);
     let label = format!("{kind} {shard}");
     let tty = opts.progress && std::io::stderr().is_terminal();
-    let tokens0 = engine.stats().tokens_sampled + engine.stats().tokens_evaluated;
+    let progress = ProgressState {
+        bar,
+        tty,
+        last_log: Instant::now(),
+        started: Instant::now(),
+        accepted: 0,
+        rejected: 0,
+        done: 0,
+        total,
+        tokens0: engine.stats().tokens_sampled + engine.stats().tokens_evaluated,
+        accepted_before,
+        metrics,
+        label,
+    };
     let outcome = match kind {
         Recipe::OpenO1 => {
             let mut p = OpenO1 {
@@ -278,18 +291,7 @@ fn run_recipe_shard(
                 meta: meta.clone(),
                 cancel,
             };
-            track_and_run(
-                &sopts,
-                seeds,
-                &mut p,
-                bar,
-                tty,
-                total,
-                tokens0,
-                metrics,
-                label,
-                accepted_before,
-            )
+            track_and_run(&sopts, seeds, &mut p, progress)
         }
         Recipe::Instruction => {
             let mut cfg = r.spec.instruction.clone().unwrap_or_default();
@@ -303,18 +305,7 @@ fn run_recipe_shard(
                 meta: meta.clone(),
                 cancel,
             };
-            track_and_run(
-                &sopts,
-                seeds,
-                &mut p,
-                bar,
-                tty,
-                total,
-                tokens0,
-                metrics,
-                label,
-                accepted_before,
-            )
+            track_and_run(&sopts, seeds, &mut p, progress)
         }
         Recipe::MarcoCot => {
             let trees = job.file.out.join("trees").join(shard.suffix());
@@ -330,18 +321,7 @@ fn run_recipe_shard(
                 cancel,
                 trees_dir: Some(trees),
             };
-            track_and_run(
-                &sopts,
-                seeds,
-                &mut p,
-                bar,
-                tty,
-                total,
-                tokens0,
-                metrics,
-                label,
-                accepted_before,
-            )
+            track_and_run(&sopts, seeds, &mut p, progress)
         }
     };
     match outcome {
@@ -375,34 +355,14 @@ impl EngineTokens for MarcoCot<'_> {
 }
 
 /// Progress + metrics around a processor, then the shard worker.
-#[allow(clippy::too_many_arguments)]
 fn track_and_run<P: Processor + EngineTokens>(
     sopts: &ShardOptions,
     seeds: impl Iterator<Item = Result<crate::store::ingest::IngestItem, crate::store::StoreError>>,
     p: &mut P,
-    bar: indicatif::ProgressBar,
-    tty: bool,
-    total: u64,
-    tokens0: u64,
-    metrics: Option<std::fs::File>,
-    label: String,
-    accepted_before: u64,
+    progress: ProgressState,
 ) -> Result<ShardOutcome, crate::store::StoreError> {
-    let state = ProgressState {
-        accepted_before,
-        bar: bar.clone(),
-        tty,
-        last_log: Instant::now(),
-        started: Instant::now(),
-        accepted: 0,
-        rejected: 0,
-        done: 0,
-        total,
-        tokens0,
-        metrics,
-        label,
-    };
-    let r = run_shard(sopts, seeds, &mut WithProgress(p, state));
+    let bar = progress.bar.clone();
+    let r = run_shard(sopts, seeds, &mut WithProgress(p, progress));
     bar.finish_and_clear();
     r
 }
