@@ -11,7 +11,7 @@ use crate::record::{Chain, Recipe, Seed};
 use crate::stages::filter::FilterChain;
 use crate::store::worker::{Processed, Processor};
 
-use super::{filter_chains, reject_seed, seed_prompt_text, Cancel, RowMeta};
+use super::{filter_chains, reject_seed, seed_prompt_text, RowMeta};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,7 +44,6 @@ pub struct Instruction<'e> {
     pub cfg: InstructionConfig,
     pub filters: FilterChain,
     pub meta: RowMeta,
-    pub cancel: Cancel,
 }
 
 fn seed_hash(id: &str) -> u64 {
@@ -61,9 +60,6 @@ impl Processor for Instruction<'_> {
     }
 
     fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
-        if self.cancel.is_set() {
-            return Err(super::RecipeError::Interrupted.to_string());
-        }
         let system =
             (!self.cfg.system_prompt.is_empty()).then_some(self.cfg.system_prompt.as_str());
         let mut jobs = Vec::new();

@@ -10,7 +10,7 @@ use crate::search::{run_many, ChainMeta, DriverConfig, SearchConfig, TreeSearch,
 use crate::stages::filter::FilterChain;
 use crate::store::worker::{Processed, Processor};
 
-use super::{filter_chains, reject_seed, Cancel, RowMeta};
+use super::{filter_chains, reject_seed, RowMeta};
 
 pub struct MarcoCot<'e> {
     pub engine: &'e mut dyn Engine,
@@ -19,7 +19,6 @@ pub struct MarcoCot<'e> {
     pub verifier: Arc<Verifier>,
     pub filters: FilterChain,
     pub meta: RowMeta,
-    pub cancel: Cancel,
     /// Where to write each tree's JSON (`OUT/trees/<seed id>.json`), if anywhere.
     pub trees_dir: Option<std::path::PathBuf>,
 }
@@ -31,9 +30,6 @@ impl Processor for MarcoCot<'_> {
     }
 
     fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
-        if self.cancel.is_set() {
-            return Err(super::RecipeError::Interrupted.to_string());
-        }
         let mut out: Vec<Option<Processed>> = vec![None; seeds.len()];
         let mut trees = Vec::new();
         let mut idx = Vec::new();

@@ -11,7 +11,7 @@ use crate::stages::filter::FilterChain;
 use crate::stages::format::check_format;
 use crate::store::worker::{Processed, Processor};
 
-use super::{filter_chains, reject_seed, seed_prompt_text, step_ends, step_means, Cancel, RowMeta};
+use super::{filter_chains, reject_seed, seed_prompt_text, step_ends, step_means, RowMeta};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,7 +53,6 @@ pub struct OpenO1<'e> {
     pub cfg: OpenO1Config,
     pub filters: FilterChain,
     pub meta: RowMeta,
-    pub cancel: Cancel,
 }
 
 impl OpenO1<'_> {
@@ -70,9 +69,6 @@ impl Processor for OpenO1<'_> {
     }
 
     fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
-        if self.cancel.is_set() {
-            return Err(super::RecipeError::Interrupted.to_string());
-        }
         let prompts = SearchPrompts::default();
         let mut out: Vec<Option<Processed>> = vec![None; seeds.len()];
         // (seed index, context tokens, text tokens, reasoning, answer, text)

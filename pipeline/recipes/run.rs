@@ -120,8 +120,9 @@ impl ProgressState {
     }
 }
 
-/// A recipe processor with its progress.
-struct WithProgress<'a, P>(&'a mut P, ProgressState);
+/// A recipe processor with its progress and the signal flag: a set flag
+/// stops the shard between batches (finished work is already journaled).
+struct WithProgress<'a, P>(&'a mut P, ProgressState, Cancel);
 
 impl<P: Processor + EngineTokens> Processor for WithProgress<'_, P> {
     fn process(&mut self, seed: &Seed) -> Result<Processed, String> {
@@ -129,6 +130,9 @@ impl<P: Processor + EngineTokens> Processor for WithProgress<'_, P> {
             .map(|mut v| v.pop().unwrap_or_default())
     }
     fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
+        if self.2.is_set() {
+            return Err(RecipeError::Interrupted.to_string());
+        }
         let r = self.0.process_batch(seeds)?;
         self.1.update(&r, self.0.engine_tokens());
         Ok(r)
@@ -289,9 +293,8 @@ fn run_recipe_shard(
                 cfg: r.spec.open_o1.clone().unwrap_or_default(),
                 filters,
                 meta: meta.clone(),
-                cancel,
             };
-            track_and_run(&sopts, seeds, &mut p, progress)
+            track_and_run(&sopts, seeds, &mut p, progress, cancel)
         }
         Recipe::Instruction => {
             let mut cfg = r.spec.instruction.clone().unwrap_or_default();
@@ -303,9 +306,8 @@ fn run_recipe_shard(
                 cfg,
                 filters,
                 meta: meta.clone(),
-                cancel,
             };
-            track_and_run(&sopts, seeds, &mut p, progress)
+            track_and_run(&sopts, seeds, &mut p, progress, cancel)
         }
         Recipe::MarcoCot => {
             let trees = job.file.out.join("trees").join(shard.suffix());
@@ -318,10 +320,9 @@ fn run_recipe_shard(
                 verifier: Arc::new(crate::stages::answer::answers_match),
                 filters,
                 meta: meta.clone(),
-                cancel,
                 trees_dir: Some(trees),
             };
-            track_and_run(&sopts, seeds, &mut p, progress)
+            track_and_run(&sopts, seeds, &mut p, progress, cancel)
         }
     };
     match outcome {
@@ -360,9 +361,10 @@ fn track_and_run<P: Processor + EngineTokens>(
     seeds: impl Iterator<Item = Result<crate::store::ingest::IngestItem, crate::store::StoreError>>,
     p: &mut P,
     progress: ProgressState,
+    cancel: Cancel,
 ) -> Result<ShardOutcome, crate::store::StoreError> {
     let bar = progress.bar.clone();
-    let r = run_shard(sopts, seeds, &mut WithProgress(p, progress));
+    let r = run_shard(sopts, seeds, &mut WithProgress(p, progress, cancel));
     bar.finish_and_clear();
     r
 }
