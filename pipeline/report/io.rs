@@ -171,18 +171,27 @@ fn opt_recipe(path: &Path, s: Option<String>) -> Result<Option<Recipe>, IoError>
     }
 }
 
-/// Reads every chain row of a Parquet file.
-pub fn read_chains(path: &Path) -> Result<Vec<Chain>, IoError> {
+/// The record batches of a Parquet file, errors naming the file.
+fn batches(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<RecordBatch, IoError>> + '_, IoError> {
     let reader = open(path)?.build().map_err(|source| IoError::Parquet {
         path: path.into(),
         source,
     })?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|source| IoError::Arrow {
+    Ok(reader.map(move |b| {
+        b.map_err(|source| IoError::Arrow {
             path: path.into(),
             source,
-        })?;
+        })
+    }))
+}
+
+/// Reads every chain row of a Parquet file.
+pub fn read_chains(path: &Path) -> Result<Vec<Chain>, IoError> {
+    let mut out = Vec::new();
+    for batch in batches(path)? {
+        let batch = batch?;
         let c = Cols {
             path,
             batch: &batch,
@@ -292,16 +301,9 @@ pub fn read_chains(path: &Path) -> Result<Vec<Chain>, IoError> {
 
 /// Reads every reject row of a Parquet file.
 pub fn read_rejects(path: &Path) -> Result<Vec<Reject>, IoError> {
-    let reader = open(path)?.build().map_err(|source| IoError::Parquet {
-        path: path.into(),
-        source,
-    })?;
     let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|source| IoError::Arrow {
-            path: path.into(),
-            source,
-        })?;
+    for batch in batches(path)? {
+        let batch = batch?;
         let c = Cols {
             path,
             batch: &batch,
