@@ -3,7 +3,9 @@
 # baseline measured in the same run.
 #
 #   scripts/bench.sh engine   # cotforge vs llama.cpp's llama-batched-bench / llama-perplexity
-#   scripts/bench.sh search   # MCTS on GSM8K: seeds/hour, KV reuse, decode share
+#   scripts/bench.sh search   # MCTS on 32 GSM8K questions: seeds/hour, KV reuse, decode share,
+#                             # decode tok/s vs llama-batched-bench, accuracy per selection rule
+#   scripts/bench.sh accuracy # the same on 50 GSM8K train questions (the accuracy study)
 #   scripts/bench.sh store    # ingest + shard write of 1,000,000 synthetic rows
 #   scripts/bench.sh dedup    # MinHash dedup of 1,000,000 synthetic chains
 #
@@ -60,9 +62,13 @@ case "$WHAT" in
       --llama-cpp-source "llama-cpp-python==$LCP_VERSION (vendor/llama.cpp)" \
       --json "$OUT/engine.json"
     ;;
-  search)
-    # 32 GSM8K questions, n_parallel 8, THREADS threads (benches/search.rs prints the table).
-    COTFORGE_MODEL="$MODEL" cargo bench --bench search
+  search|accuracy)
+    # Settings in benches/data/search.toml; n_parallel 8, THREADS threads.
+    build_llama_tools
+    if [ "$WHAT" = search ]; then SEEDS=tests/fixtures/gsm8k_32.jsonl; else SEEDS=benches/data/gsm8k_train_50.jsonl; fi
+    "$BIN" bench search --model "$MODEL" --threads "$THREADS" --n-parallel 8 \
+      --n-ctx "${N_CTX:-16384}" --seeds "$SEEDS" --config benches/data/search.toml \
+      --out "$OUT/$WHAT" --batched-bench "$TOOLS/bin/llama-batched-bench" --json "$OUT/$WHAT.json"
     ;;
   store)
     cargo bench --bench store
@@ -71,5 +77,5 @@ case "$WHAT" in
     cargo bench --bench dedup
     ;;
   *)
-    echo "usage: scripts/bench.sh engine|search|store|dedup" >&2; exit 2 ;;
+    echo "usage: scripts/bench.sh engine|search|accuracy|store|dedup" >&2; exit 2 ;;
 esac

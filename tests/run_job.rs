@@ -130,6 +130,14 @@ fn four_array_workers_equal_one_worker_and_reruns_are_identical() {
     run_ok(&["run", single.to_str().unwrap()]);
     assert_same_output(&out_of(dir.path(), "single"), &out_of(dir.path(), "multi"));
     run_ok(&["verify", out_of(dir.path(), "single").to_str().unwrap()]);
+
+    // Stats of a finalized run count the deduplicated chains of final/, not
+    // the shard files' pre-dedup rows as well.
+    let out = out_of(dir.path(), "single");
+    let fin = cotforge::report::io::read_chains(&out.join("final/chains.parquet")).unwrap();
+    let s = cotforge::report::Summary::from_out_dir(&out).unwrap();
+    assert!(!fin.is_empty());
+    assert_eq!(s.accepted, fin.len());
 }
 
 #[test]

@@ -345,12 +345,14 @@ fn selection_rules_and_chain_rows() {
     for r in run_with(hr, default_verifier(), &s) {
         let best = r.chains.iter().map(|c| c.reward).fold(f64::MIN, f64::max);
         assert_eq!(r.chains[r.selected.unwrap()].reward, best);
+        assert_eq!(r.picks.highest_reward, r.selected);
     }
     for (r, seed) in run_with(small_cfg(), default_verifier(), &s).iter().zip(&s) {
         // most_visited: the selected chain follows the best path, and the path
         // picks the most visited child at every level.
         let sel = &r.chains[r.selected.unwrap()];
         assert_eq!(sel.path, r.tree.best_path);
+        assert_eq!(r.picks.most_visited, r.selected);
         for w in sel.path.windows(2) {
             let parent = &r.tree.nodes[w[0].0 as usize];
             let max = parent
@@ -406,6 +408,32 @@ fn evicted_states_are_rebuilt_identically() {
     assert!(rb.tokens_evaluated > ra.tokens_evaluated);
     same_json(&a, &b);
     assert_eq!(e2.live_sequences(), 0);
+}
+
+#[test]
+fn a_cell_budget_evicts_cached_nodes_and_changes_nothing() {
+    let cfg = small_cfg();
+    let s = seeds(4);
+    let mut e1 = engine(2, 64);
+    let (a, ra) = run(&mut e1, &cfg, &DriverConfig::default(), &s);
+    let mut e2 = engine(2, 64);
+    let budget = DriverConfig {
+        max_cells: Some(64),
+        ..Default::default()
+    };
+    let (b, rb) = run(&mut e2, &cfg, &budget, &s);
+    assert_eq!(ra.evictions, 0);
+    assert!(rb.evictions > 0, "the cell budget never evicted");
+    assert!(
+        rb.peak_cells < ra.peak_cells,
+        "peak cells {} with the budget, {} without",
+        rb.peak_cells,
+        ra.peak_cells
+    );
+    assert!(rb.tokens_evaluated > ra.tokens_evaluated);
+    same_json(&a, &b);
+    assert_eq!(e2.live_sequences(), 0);
+    assert_eq!(e2.cells_used(), 0);
 }
 
 #[test]

@@ -13,6 +13,25 @@ use clap::{Args, Subcommand};
 pub enum BenchCommand {
     /// Decode and scoring throughput against llama-batched-bench and llama-perplexity.
     Engine(EngineBenchArgs),
+    /// MCTS throughput (seeds/hour, KV reuse, decode share, decode tok/s against
+    /// llama-batched-bench TG) and the answer accuracy of each selection rule
+    /// against one greedy chain of thought.
+    Search(SearchBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SearchBenchArgs {
+    #[command(flatten)]
+    pub search: super::search::SearchArgs,
+    /// llama-batched-bench for the decode baseline (run before and after the
+    /// search, npp/ntg 128 at the engine's n_parallel); omitted: no ratio.
+    #[arg(long)]
+    pub batched_bench: Option<PathBuf>,
+    /// Skip the single greedy chain-of-thought baseline.
+    #[arg(long)]
+    pub no_greedy: bool,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +68,7 @@ pub struct EngineBenchArgs {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Engine(a) => engine(a),
+        BenchCommand::Search(a) => search(a),
     }
 }
 
@@ -343,6 +363,273 @@ fn engine(a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
 #[cfg(not(feature = "llama"))]
 fn engine(_a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
     bail!("built without the `llama` feature")
+}
+
+/// llama-batched-bench's TG at the engine's parallel level and threads,
+/// prompt `npp` tokens per sequence, 128 generated.
+fn batched_bench_tg(
+    bin: &Path,
+    e: &crate::engine::EngineConfig,
+    threads: usize,
+    npp: usize,
+) -> anyhow::Result<f64> {
+    let ctx = (e.n_parallel * (npp + 128) + 256).max(8192);
+    let args: Vec<String> = [
+        "-m",
+        &e.model.display().to_string(),
+        "-c",
+        &ctx.to_string(),
+        "-b",
+        "2048",
+        "-ub",
+        "512",
+        "-npp",
+        &npp.to_string(),
+        "-ntg",
+        "128",
+        "-npl",
+        &e.n_parallel.to_string(),
+        "-t",
+        &threads.to_string(),
+        "-kvu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let rows = parse_batched_bench(&run_tool(bin, &args)?)?;
+    rows.iter()
+        .find(|(b, _)| *b == e.n_parallel)
+        .map(|r| r.1)
+        .context("llama-batched-bench printed no row for n_parallel")
+}
+
+/// Share of `results` whose chain at `pick` verifies; `None` picks count as wrong.
+fn verified_share(
+    results: &[crate::search::TreeResult],
+    pick: impl Fn(&crate::search::TreeResult) -> Option<usize>,
+) -> (usize, usize) {
+    let ok = results
+        .iter()
+        .filter(|r| pick(r).is_some_and(|i| r.chains[i].verified == Some(true)))
+        .count();
+    (ok, results.len())
+}
+
+fn search(a: SearchBenchArgs) -> anyhow::Result<ExitCode> {
+    use crate::search::{default_verifier, run_many, SelectRule, TreeSearch};
+    use serde_json::json;
+    let ecfg = a.search.engine.config();
+    let threads = match ecfg.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        t => t,
+    };
+    // Two baselines: the engine bench's shape (npp 128), and the same KV
+    // occupancy as the search had (each decode's attention walks the cells
+    // in use, so longer contexts decode slower in llama.cpp too).
+    let mut bb = Vec::new();
+    let mut bb_matched = Vec::new();
+    if let Some(bin) = &a.batched_bench {
+        eprintln!("llama-batched-bench, npp 128 (before)");
+        bb.push(batched_bench_tg(bin, &ecfg, threads, 128)?);
+    }
+    eprintln!("search");
+    let mut run = super::search::search(&a.search)?;
+    let rep = run.report.clone();
+    // During TG, batched-bench holds n_parallel * (npp + 64) cells on average.
+    let npp_matched = ((rep.mean_cells / ecfg.n_parallel.max(1) as f64) - 64.0)
+        .round()
+        .max(16.0) as usize;
+    if let Some(bin) = &a.batched_bench {
+        eprintln!("llama-batched-bench, npp 128 (after)");
+        bb.push(batched_bench_tg(bin, &ecfg, threads, 128)?);
+        for _ in 0..2 {
+            eprintln!("llama-batched-bench, npp {npp_matched} (the search's mean KV occupancy)");
+            bb_matched.push(batched_bench_tg(bin, &ecfg, threads, npp_matched)?);
+        }
+    }
+    let greedy = if a.no_greedy {
+        None
+    } else {
+        eprintln!("greedy chain of thought");
+        // One child, one rollout, temperature 0, no reflection: a single greedy
+        // chain with the same prompt, tags and answer check as the search.
+        let mut g = run.cfg.clone();
+        g.expand_k = 1;
+        g.max_rollouts = 1;
+        g.temperature = 0.0;
+        g.answer_temperature = 0.0;
+        g.reflection.policy = crate::search::ReflectionPolicy::Off;
+        let g = g.build()?;
+        let verifier = default_verifier();
+        let trees = run
+            .seeds
+            .iter()
+            .map(|s| TreeSearch::new(&*run.engine, s, &g, verifier.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bar = super::search::seed_bar(trees.len(), a.search.quiet);
+        let dcfg = super::search::driver_config(&a.search);
+        let (res, _) = run_many(run.engine.as_mut(), trees, &dcfg, &mut |_, p| {
+            super::search::tick_bar(&bar, p)
+        })?;
+        bar.finish_and_clear();
+        Some(res)
+    };
+
+    let res = &run.results;
+    let n = res.len();
+    let n_par = ecfg.n_parallel;
+    let chains: usize = res.iter().map(|r| r.chains.len()).sum();
+    let mean_batch = rep.batch_sequences.iter().map(|&b| b as f64).sum::<f64>()
+        / rep.batch_sequences.len().max(1) as f64;
+    let full = rep
+        .batch_sequences
+        .iter()
+        .filter(|&&b| b as usize >= n_par)
+        .count() as f64
+        / rep.batch_sequences.len().max(1) as f64;
+    let ratio = |x: u64, y: u64| x as f64 / y.max(1) as f64;
+    let decode_tps = rep.tokens_evaluated as f64 / rep.decode_seconds.max(1e-9);
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let bb_tg = mean(&bb);
+    let bb_matched_tg = mean(&bb_matched);
+    let rule_names = [
+        (SelectRule::MostVisited, "most_visited"),
+        (SelectRule::HighestReward, "highest_reward"),
+    ];
+    let acc_rule: Vec<(&str, (usize, usize))> = rule_names
+        .iter()
+        .map(|&(rule, name)| (name, verified_share(res, |r| r.picks.get(rule))))
+        .collect();
+    let any = res
+        .iter()
+        .filter(|r| r.chains.iter().any(|c| c.verified == Some(true)))
+        .count();
+    let with_ref = res.iter().filter(|r| r.reference_answer.is_some()).count();
+    let rewards = |want: bool| -> (f64, usize) {
+        let v: Vec<f64> = res
+            .iter()
+            .flat_map(|r| r.chains.iter())
+            .filter(|c| c.verified == Some(want))
+            .map(|c| c.reward)
+            .collect();
+        (v.iter().sum::<f64>() / v.len().max(1) as f64, v.len())
+    };
+    let (r_ok, n_ok) = rewards(true);
+    let (r_bad, n_bad) = rewards(false);
+    let greedy_acc = greedy.as_ref().map(|g| verified_share(g, |r| r.selected));
+
+    let c = &run.cfg;
+    println!(
+        "search benchmark: {n} seeds ({with_ref} with a reference answer), granularity {}, n_parallel {n_par}, {threads} threads, \
+         rollouts {}, K {}, tree tokens {}, reflection {:?}, KV cell budget {:?}",
+        c.granularity.as_str(), c.max_rollouts, c.expand_k, c.max_tree_tokens, c.reflection.policy,
+        super::search::driver_config(&a.search).max_cells
+    );
+    println!("| metric | value | target |");
+    println!("|---|---|---|");
+    println!("| wall | {:.1} s | |", rep.wall_seconds);
+    println!(
+        "| seeds/hour | {:.0} | |",
+        n as f64 * 3600.0 / rep.wall_seconds.max(1e-9)
+    );
+    println!(
+        "| chains | {chains} ({:.1}/seed) | |",
+        chains as f64 / n.max(1) as f64
+    );
+    println!(
+        "| evaluated / distinct tree tokens | {} / {} = {:.3} | <= 1.05 |",
+        rep.tokens_evaluated,
+        rep.distinct_tokens,
+        ratio(rep.tokens_evaluated, rep.distinct_tokens)
+    );
+    println!(
+        "| evaluated / resend-path-per-rollout | {:.3} | |",
+        ratio(rep.tokens_evaluated, rep.resend_tokens)
+    );
+    println!(
+        "| evaluated / resend-per-action | {:.3} | |",
+        ratio(rep.tokens_evaluated, rep.resend_per_action_tokens)
+    );
+    println!(
+        "| decode share of wall | {:.3} (sampling+confidence {:.3}) | >= 0.90 |",
+        rep.decode_seconds / rep.wall_seconds.max(1e-9),
+        rep.sample_seconds / rep.wall_seconds.max(1e-9)
+    );
+    println!(
+        "| decode calls | {} (mean {mean_batch:.2} seqs/call, {:.1}% at >= n_parallel) | |",
+        rep.decode_calls,
+        100.0 * full
+    );
+    println!(
+        "| forks / fresh / evictions / parks | {} / {} / {} / {} | |",
+        rep.forks, rep.fresh_sequences, rep.evictions, rep.parks
+    );
+    println!(
+        "| KV cells held: mean / peak | {:.0} / {} | |",
+        rep.mean_cells, rep.peak_cells
+    );
+    println!("| cotforge decode tok/s (evaluated per decode second) | {decode_tps:.1} | |");
+    if let Some(b) = bb_tg {
+        println!("| llama-batched-bench TG at {n_par}, npp/ntg 128 (before, after: {bb:.1?}) | {b:.1} | |");
+        println!(
+            "| decode ratio vs npp 128 | {:.3} | >= 0.90 |",
+            decode_tps / b
+        );
+    }
+    if let Some(b) = bb_matched_tg {
+        println!("| llama-batched-bench TG at {n_par}, npp {npp_matched} ntg 128 = the search's mean KV cells ({bb_matched:.1?}) | {b:.1} | |");
+        println!(
+            "| decode ratio vs matched occupancy | {:.3} | |",
+            decode_tps / b
+        );
+    }
+    for (name, (ok, tot)) in &acc_rule {
+        println!("| accuracy, selected chain ({name}) | {ok}/{tot} | |");
+    }
+    println!("| accuracy, any terminal chain | {any}/{n} | |");
+    if let Some((ok, tot)) = greedy_acc {
+        println!("| accuracy, single greedy chain of thought | {ok}/{tot} | |");
+    }
+    println!("| mean reward, correct chains | {r_ok:.4} (n = {n_ok}) | |");
+    println!("| mean reward, incorrect chains | {r_bad:.4} (n = {n_bad}) | |");
+
+    let doc = json!({
+        "model": ecfg.model.display().to_string(),
+        "seeds": a.search.seeds.display().to_string(),
+        "n_seeds": n, "threads": threads, "n_parallel": n_par, "n_ctx": ecfg.n_ctx,
+        "search_config": serde_json::to_value(c)?,
+        "driver_config": serde_json::to_value(super::search::driver_config(&a.search))?,
+        "wall_seconds": rep.wall_seconds,
+        "seeds_per_hour": n as f64 * 3600.0 / rep.wall_seconds.max(1e-9),
+        "chains": chains,
+        "tokens_evaluated": rep.tokens_evaluated,
+        "tokens_sampled": rep.tokens_sampled,
+        "distinct_tokens": rep.distinct_tokens,
+        "evaluated_over_distinct": ratio(rep.tokens_evaluated, rep.distinct_tokens),
+        "evaluated_over_resend_path": ratio(rep.tokens_evaluated, rep.resend_tokens),
+        "evaluated_over_resend_per_action": ratio(rep.tokens_evaluated, rep.resend_per_action_tokens),
+        "decode_share": rep.decode_seconds / rep.wall_seconds.max(1e-9),
+        "sample_share": rep.sample_seconds / rep.wall_seconds.max(1e-9),
+        "decode_calls": rep.decode_calls, "mean_seqs_per_call": mean_batch, "share_calls_full": full,
+        "forks": rep.forks, "fresh": rep.fresh_sequences, "evictions": rep.evictions, "parks": rep.parks,
+        "mean_cells": rep.mean_cells, "peak_cells": rep.peak_cells,
+        "decode_tps": decode_tps,
+        "batched_bench_tg": bb, "decode_ratio": bb_tg.map(|b| decode_tps / b),
+        "batched_bench_matched_npp": npp_matched, "batched_bench_matched_tg": bb_matched,
+        "decode_ratio_matched": bb_matched_tg.map(|b| decode_tps / b),
+        "accuracy": {
+            "most_visited": acc_rule[0].1.0, "highest_reward": acc_rule[1].1.0,
+            "any_chain": any, "greedy": greedy_acc.map(|g| g.0), "of": n,
+        },
+        "mean_reward_correct": r_ok, "n_correct_chains": n_ok,
+        "mean_reward_incorrect": r_bad, "n_incorrect_chains": n_bad,
+    });
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -158,11 +158,6 @@ impl<B: Backend> Core<B> {
         self.limits
     }
 
-    /// KV cells in use across all sequences (shared prefixes count once).
-    pub fn cells_used(&self) -> usize {
-        self.cells.used
-    }
-
     fn seq(&self, id: SeqId) -> Result<&SeqState> {
         self.seqs.get(&id).ok_or(EngineError::UnknownSequence(id))
     }
@@ -396,6 +391,10 @@ impl<B: Backend> Engine for Core<B> {
 
     fn live_sequences(&self) -> usize {
         self.seqs.len()
+    }
+
+    fn cells_used(&self) -> usize {
+        self.cells.used
     }
 
     fn step(&mut self, requests: &[StepRequest]) -> Result<Vec<TokenOut>> {

@@ -170,6 +170,10 @@ pub trait Engine {
     fn cached_len(&self, seq: SeqId) -> Result<usize>;
     /// Number of live sequences.
     fn live_sequences(&self) -> usize;
+    /// KV cells held by all sequences (shared prefixes count once). Schedulers
+    /// budget this: every decode walks the used part of the unified cache, so
+    /// cells kept around cost time on every call, not just memory.
+    fn cells_used(&self) -> usize;
 
     /// Evaluate the pending tokens of each requested sequence and sample one
     /// new token for each; the sampled token is appended as pending.

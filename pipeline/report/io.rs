@@ -386,6 +386,12 @@ pub fn scan_out_dir(dir: &Path) -> Result<OutFiles, IoError> {
             _ => {}
         }
     }
+    // A finalized run: `final/` holds the deduplicated chains, and the shard
+    // files hold the same rows before dedup. Count each chain once.
+    let fin = dir.join("final");
+    if out.chains.iter().any(|p| p.starts_with(&fin)) {
+        out.chains.retain(|p| p.starts_with(&fin));
+    }
     Ok(out)
 }
 

@@ -33,6 +33,12 @@ pub struct DriverConfig {
     pub max_cached: Option<usize>,
     /// Most trees running at once (`None`: as many as needed to fill a step).
     pub max_active_trees: Option<usize>,
+    /// Most KV cells held while finished-stream sequences stay cached; above
+    /// it the least recently used cache entries are dropped (`None`: no
+    /// budget beyond the context). Each decode walks every used cell of the
+    /// unified cache, so a tree cache far larger than the running streams
+    /// slows every step; this trades a little re-evaluation for that.
+    pub max_cells: Option<usize>,
 }
 
 impl Default for DriverConfig {
@@ -41,6 +47,7 @@ impl Default for DriverConfig {
             max_batch_tokens: 2048,
             max_cached: None,
             max_active_trees: None,
+            max_cells: None,
         }
     }
 }
@@ -82,6 +89,10 @@ pub struct DriverReport {
     pub evictions: u64,
     /// Streams swapped out because the KV cells ran out (rebuilt later).
     pub parks: u64,
+    /// Most KV cells held between two steps (after any budget eviction).
+    pub peak_cells: u64,
+    /// Mean KV cells held between two steps.
+    pub mean_cells: f64,
 }
 
 /// Progress after each finished tree.
@@ -151,6 +162,8 @@ struct Driver<'a> {
     order: u64,
     report: DriverReport,
     done: usize,
+    /// Sum of cells held after each step (for the mean).
+    cells_sum: u64,
 }
 
 /// Run every tree to completion; results come back in input order.
@@ -186,6 +199,7 @@ pub fn run_many(
             ..Default::default()
         },
         done: 0,
+        cells_sum: 0,
     };
     let r = d.run(&base, t0, on_done);
     // Free everything this run still holds, whatever happened.
@@ -205,6 +219,7 @@ pub fn run_many(
     rep.decode_seconds = st.decode_seconds - base.decode_seconds;
     rep.sample_seconds = st.sample_seconds - base.sample_seconds;
     rep.wall_seconds = t0.elapsed().as_secs_f64();
+    rep.mean_cells = d.cells_sum as f64 / rep.steps.len().max(1) as f64;
     let results = d
         .results
         .into_iter()
@@ -702,6 +717,12 @@ impl Driver<'_> {
                 self.evict_lru(None)?;
             }
         }
+        if let Some(m) = self.cfg.max_cells {
+            while self.engine.cells_used() > m && self.evict_lru(None)? {}
+        }
+        let cells = self.engine.cells_used() as u64;
+        self.report.peak_cells = self.report.peak_cells.max(cells);
+        self.cells_sum += cells;
         Ok(())
     }
 }

@@ -18,7 +18,9 @@ use crate::engine::{ChatMessage, Engine, SamplingParams, Token, TokenOut};
 use crate::record::Seed;
 
 use super::config::{ReflectionPolicy, SearchConfig, SelectRule};
-use super::result::{ChainResult, NodeExport, StopReason, TreeExport, TreeResult, TreeStats};
+use super::result::{
+    ChainResult, NodeExport, Picks, StopReason, TreeExport, TreeResult, TreeStats,
+};
 use super::tree::{Answer, NodeId, TerminalCause, Tree};
 use super::verify::Verifier;
 use super::SearchError;
@@ -741,7 +743,13 @@ impl TreeSearch {
 
     /// The selected terminal node under the configured rule.
     pub fn selected(&self) -> Option<NodeId> {
-        match self.cfg.select {
+        self.selected_by(self.cfg.select)
+    }
+
+    /// The terminal node a rule picks (the tree is the same under every rule;
+    /// only the pick differs, so studies compare rules on one search).
+    pub fn selected_by(&self, rule: SelectRule) -> Option<NodeId> {
+        match rule {
             SelectRule::HighestReward => {
                 let mut best: Option<(f64, NodeId)> = None;
                 for id in self.tree.canonical_order() {
@@ -779,6 +787,8 @@ impl TreeSearch {
     /// `engine_tokens` and `resend_tokens` come from the driver's accounting.
     pub fn finish(self, engine_tokens: u64, resend_tokens: u64) -> TreeResult {
         let selected_node = self.selected();
+        let visited_node = self.selected_by(SelectRule::MostVisited);
+        let reward_node = self.selected_by(SelectRule::HighestReward);
         // Export ids follow creation keys, so they do not depend on how the
         // driver interleaved the streams.
         let order = self.tree.canonical_order();
@@ -791,6 +801,7 @@ impl TreeSearch {
         let mut chains: Vec<ChainResult> = Vec::new();
         let mut seen = std::collections::BTreeMap::new();
         let mut selected = None;
+        let mut picks = Picks::default();
         for &oid in &order {
             let n = self.tree.node(oid);
             let Some(a) = &n.answer else { continue };
@@ -829,6 +840,12 @@ impl TreeSearch {
             };
             if Some(n.id) == selected_node {
                 selected = Some(idx);
+            }
+            if Some(n.id) == visited_node {
+                picks.most_visited = Some(idx);
+            }
+            if Some(n.id) == reward_node {
+                picks.highest_reward = Some(idx);
             }
         }
         let best_path = selected_node
@@ -899,6 +916,7 @@ impl TreeSearch {
             reference_answer: self.reference,
             chains,
             selected,
+            picks,
             stats,
             tree: export,
         }

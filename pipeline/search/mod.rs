@@ -22,7 +22,7 @@ pub use config::{Granularity, ReflectionConfig, ReflectionPolicy, SearchConfig, 
 pub use driver::{run_many, DriverConfig, DriverReport, Progress, StepInfo};
 pub use machine::{Ctl, StreamId, StreamStart, TreeSearch};
 pub use prompts::SearchPrompts;
-pub use result::{ChainMeta, ChainResult, StopReason, TreeExport, TreeResult, TreeStats};
+pub use result::{ChainMeta, ChainResult, Picks, StopReason, TreeExport, TreeResult, TreeStats};
 pub use seeds::seeds_from_jsonl;
 pub use tree::{NodeId, TerminalCause, Tree};
 pub use verify::{numbers_match, Verifier};

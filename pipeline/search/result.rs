@@ -47,6 +47,22 @@ pub struct ChainResult {
     pub visits: u32,
 }
 
+/// Index into `chains` of the chain each selection rule picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Picks {
+    pub most_visited: Option<usize>,
+    pub highest_reward: Option<usize>,
+}
+
+impl Picks {
+    pub fn get(&self, rule: super::config::SelectRule) -> Option<usize> {
+        match rule {
+            super::config::SelectRule::MostVisited => self.most_visited,
+            super::config::SelectRule::HighestReward => self.highest_reward,
+        }
+    }
+}
+
 /// Counters of one tree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TreeStats {
@@ -122,6 +138,9 @@ pub struct TreeResult {
     pub chains: Vec<ChainResult>,
     /// Index into `chains` of the pick under the configured rule.
     pub selected: Option<usize>,
+    /// The pick under every rule (for comparing rules on one search).
+    #[serde(default)]
+    pub picks: Picks,
     pub stats: TreeStats,
     #[serde(skip)]
     pub tree: TreeExport,

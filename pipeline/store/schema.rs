@@ -361,6 +361,7 @@ mod tests {
             Field::new("system", DataType::Utf8, true),
             Field::new("reward", DataType::Float64, false),
             Field::new("model", DataType::Utf8, false),
+            Field::new("verified", DataType::Boolean, true),
         ]);
         fn bare(f: &Field) -> Field {
             let dt = match f.data_type() {
