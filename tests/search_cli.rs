@@ -30,7 +30,14 @@ fn search_reads_seed_parquet_and_rejects_bad_rows() {
     write_seeds(&path, &seeds);
     let out = d.path().join("out");
     let o = Command::new(bin())
-        .args(["search", "--engine", "scripted", "--quiet", "--rollouts", "3"])
+        .args([
+            "search",
+            "--engine",
+            "scripted",
+            "--quiet",
+            "--rollouts",
+            "3",
+        ])
         .arg("--seeds")
         .arg(&path)
         .arg("--out")

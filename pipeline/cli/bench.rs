@@ -217,28 +217,7 @@ fn engine(a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let bb_args: Vec<String> = [
-        "-m",
-        &a.model.display().to_string(),
-        "-c",
-        "8192",
-        "-b",
-        "2048",
-        "-ub",
-        "512",
-        "-npp",
-        &a.npp.to_string(),
-        "-ntg",
-        &a.ntg.to_string(),
-        "-npl",
-        &npl,
-        "-t",
-        &t,
-        "-kvu",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let bb_args = batched_bench_args(&a.model, 8192, a.npp, a.ntg, &npl, a.threads);
     let ppl_text = std::env::temp_dir().join(format!("cotforge-score-{}.txt", std::process::id()));
     std::fs::write(&ppl_text, &text)?;
     let ppl_args: Vec<String> = [
@@ -365,6 +344,32 @@ fn engine(_a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
     bail!("built without the `llama` feature")
 }
 
+/// llama-batched-bench's arguments: unified KV, batch 2048, ubatch 512 (as cotforge's engine).
+fn batched_bench_args(
+    model: &Path,
+    ctx: usize,
+    npp: usize,
+    ntg: usize,
+    npl: &str,
+    threads: usize,
+) -> Vec<String> {
+    let mut v: Vec<String> = vec!["-m".into(), model.display().to_string()];
+    for (k, x) in [
+        ("-c", ctx.to_string()),
+        ("-b", "2048".into()),
+        ("-ub", "512".into()),
+        ("-npp", npp.to_string()),
+        ("-ntg", ntg.to_string()),
+        ("-npl", npl.to_string()),
+        ("-t", threads.to_string()),
+    ] {
+        v.push(k.into());
+        v.push(x);
+    }
+    v.push("-kvu".into());
+    v
+}
+
 /// llama-batched-bench's TG at the engine's parallel level and threads,
 /// prompt `npp` tokens per sequence, 128 generated.
 fn batched_bench_tg(
@@ -374,28 +379,8 @@ fn batched_bench_tg(
     npp: usize,
 ) -> anyhow::Result<f64> {
     let ctx = (e.n_parallel * (npp + 128) + 256).max(8192);
-    let args: Vec<String> = [
-        "-m",
-        &e.model.display().to_string(),
-        "-c",
-        &ctx.to_string(),
-        "-b",
-        "2048",
-        "-ub",
-        "512",
-        "-npp",
-        &npp.to_string(),
-        "-ntg",
-        "128",
-        "-npl",
-        &e.n_parallel.to_string(),
-        "-t",
-        &threads.to_string(),
-        "-kvu",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let npl = e.n_parallel.to_string();
+    let args = batched_bench_args(&e.model, ctx, npp, 128, &npl, threads);
     let rows = parse_batched_bench(&run_tool(bin, &args)?)?;
     rows.iter()
         .find(|(b, _)| *b == e.n_parallel)
