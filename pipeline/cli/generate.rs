@@ -84,11 +84,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     }
     let st = engine.stats();
     eprintln!(
-        "prompt {} tokens; generated {generated} tokens in {secs:.2}s ({:.1} tok/s); evaluated {} tokens in {} decode calls",
+        "prompt {} tokens; generated {generated} tokens in {secs:.2}s ({:.1} tok/s); evaluated {} tokens in {} decode calls \
+         ({:.2}s decoding, {:.3}s sampling and confidence)",
         prompt.len(),
         generated as f64 / secs.max(1e-9),
         st.tokens_evaluated,
-        st.decode_calls
+        st.decode_calls,
+        st.decode_seconds,
+        st.sample_seconds
     );
     Ok(ExitCode::SUCCESS)
 }

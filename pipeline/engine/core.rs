@@ -103,16 +103,22 @@ struct Scored {
 }
 
 impl Scored {
+    /// A given token (teacher forcing).
     fn new(token: Token, logits: &[f32]) -> Self {
+        Self::with_top(token, top_k_logits(logits, TOP_K), logits)
+    }
+    /// A token sampled from `logits`; the sampler's sorted candidates give
+    /// the top-5 too, saving a pass over the vocabulary.
+    fn sampled(logits: &[f32], params: &sampling::SamplingParams, position: u64) -> Self {
+        let (token, top) = sampling::sample_top(logits, params, position, TOP_K);
+        Self::with_top(token, top, logits)
+    }
+    fn with_top(token: Token, top: Vec<(Token, f32)>, logits: &[f32]) -> Self {
         let logit = logits
             .get(token as usize)
             .copied()
             .unwrap_or(f32::NEG_INFINITY);
-        Self {
-            token,
-            top: top_k_logits(logits, TOP_K),
-            logit,
-        }
+        Self { token, top, logit }
     }
     fn into_out<B: Backend>(self, backend: &B) -> TokenOut {
         TokenOut {
@@ -417,8 +423,7 @@ impl<B: Backend> Engine for Core<B> {
         for batch in self.plan(&ids, true)? {
             self.run_batch(&batch, &mut |id, logits| {
                 let (params, pos) = draws[&id];
-                let tok = sampling::sample(logits, &params, pos);
-                picked.insert(id, Scored::new(tok, logits));
+                picked.insert(id, Scored::sampled(logits, &params, pos));
                 Ok(())
             })?;
         }

@@ -4,7 +4,7 @@
 //! sequence samples the same token whatever else shares its batch and in
 //! whichever order sequences are stepped: the basis of byte-identical reruns.
 
-use super::Token;
+use super::{top_k_logits, Token};
 use serde::{Deserialize, Serialize};
 
 /// How to pick the next token of one sequence.
@@ -70,13 +70,28 @@ pub fn argmax(logits: &[f32]) -> Token {
 const TAIL_NATS: f64 = 25.0;
 
 /// Sample a token for the draw at `position` of the stream `params.seed`.
+pub fn sample(logits: &[f32], params: &SamplingParams, position: u64) -> Token {
+    sample_top(logits, params, position, 1).0
+}
+
+/// [`sample`], also returning the `k` largest logits as [`top_k_logits`]
+/// would (largest first, lower id on ties).
 ///
 /// Exact temperature + nucleus sampling, but only the candidates near the top
 /// are sorted: the nucleus is grown from the 64 most likely tokens until it
 /// holds `top_p` of the mass, so a 50k vocabulary costs two linear passes.
-pub fn sample(logits: &[f32], params: &SamplingParams, position: u64) -> Token {
+/// The sorted head of the candidates is the top-k, so the confidence needs
+/// no third pass over the vocabulary.
+pub fn sample_top(
+    logits: &[f32],
+    params: &SamplingParams,
+    position: u64,
+    k: usize,
+) -> (Token, Vec<(Token, f32)>) {
     if params.temperature <= 0.0 || logits.is_empty() {
-        return argmax(logits);
+        let top = top_k_logits(logits, k.max(1));
+        let tok = top.first().map_or_else(|| argmax(logits), |t| t.0);
+        return (tok, top);
     }
     let inv_t = 1.0 / params.temperature as f64;
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -97,15 +112,15 @@ pub fn sample(logits: &[f32], params: &SamplingParams, position: u64) -> Token {
     let keep = if top_p >= 1.0 {
         cand.len()
     } else {
-        let mut k = 64.min(cand.len());
+        let mut head = 64.max(k).min(cand.len());
         loop {
-            if k < cand.len() {
-                cand.select_nth_unstable_by(k - 1, order);
+            if head < cand.len() {
+                cand.select_nth_unstable_by(head - 1, order);
             }
-            cand[..k].sort_by(order);
+            cand[..head].sort_by(order);
             let mut acc = 0.0;
             let mut found = None;
-            for (j, &(_, p)) in cand[..k].iter().enumerate() {
+            for (j, &(_, p)) in cand[..head].iter().enumerate() {
                 acc += p / z;
                 if acc >= top_p {
                     found = Some(j + 1);
@@ -114,14 +129,24 @@ pub fn sample(logits: &[f32], params: &SamplingParams, position: u64) -> Token {
             }
             match found {
                 Some(n) => break n,
-                None if k == cand.len() => break k,
-                None => k = (k * 4).min(cand.len()),
+                None if head == cand.len() => break head,
+                None => head = (head * 4).min(cand.len()),
             }
         }
     };
     if keep == cand.len() {
         cand.sort_by(order);
     }
+    // Every token outside the candidates is below the cut, so the sorted head
+    // is the top-k whenever there are at least k candidates.
+    let top = if cand.len() >= k {
+        cand[..k]
+            .iter()
+            .map(|&(t, _)| (t, logits[t as usize]))
+            .collect()
+    } else {
+        top_k_logits(logits, k)
+    };
     let kept = &cand[..keep.max(1)];
     let mass: f64 = kept.iter().map(|&(_, p)| p).sum();
     let r = uniform(params.seed, position) * mass;
@@ -129,10 +154,10 @@ pub fn sample(logits: &[f32], params: &SamplingParams, position: u64) -> Token {
     for &(t, p) in kept {
         acc += p;
         if r < acc {
-            return t;
+            return (t, top);
         }
     }
-    kept[kept.len() - 1].0
+    (kept[kept.len() - 1].0, top)
 }
 
 #[cfg(test)]
@@ -203,6 +228,31 @@ mod tests {
                 }
             }
             assert_eq!(t, want, "position {pos}");
+        }
+    }
+
+    #[test]
+    fn sample_top_returns_the_top_k_of_a_full_scan() {
+        // Ties, a spread of magnitudes, and a vocabulary where few tokens pass the cut.
+        let wide: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919 % 1000) as f32) / 40.0)
+            .collect();
+        let ties: Vec<f32> = (0..300).map(|i| (i % 7) as f32).collect();
+        let mut sparse = vec![-100.0f32; 1000];
+        sparse[10] = 5.0;
+        sparse[20] = 4.0;
+        for l in [&wide, &ties, &sparse] {
+            for p in [
+                SamplingParams::greedy(),
+                SamplingParams::new(0.7, 0.9, 5),
+                SamplingParams::new(1.0, 1.0, 6),
+            ] {
+                for pos in 0..8 {
+                    let (t, top) = sample_top(l, &p, pos, 5);
+                    assert_eq!(top, top_k_logits(l, 5));
+                    assert_eq!(t, sample(l, &p, pos));
+                }
+            }
         }
     }
 
