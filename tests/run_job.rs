@@ -199,6 +199,26 @@ fn job_error(dir: &Path, body: &str) -> String {
 }
 
 #[test]
+fn the_committed_job_files_parse() {
+    for name in ["demo.toml", "scripted.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("data/jobs")
+            .join(name);
+        let job = cotforge::recipes::job::load(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!job.recipes.is_empty(), "{name}");
+        if name == "demo.toml" {
+            // The search recipe's KV budget is read, not silently dropped.
+            assert!(job.recipes.iter().any(|r| r
+                .spec
+                .driver
+                .as_ref()
+                .is_some_and(|d| d.max_cells == Some(2048))));
+        }
+    }
+}
+
+#[test]
 fn bad_job_files_point_at_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
