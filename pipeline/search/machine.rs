@@ -786,9 +786,12 @@ impl TreeSearch {
     /// Finish: all distinct terminal chains, the pick, the tree export.
     /// `engine_tokens` and `resend_tokens` come from the driver's accounting.
     pub fn finish(self, engine_tokens: u64, resend_tokens: u64) -> TreeResult {
-        let selected_node = self.selected();
         let visited_node = self.selected_by(SelectRule::MostVisited);
         let reward_node = self.selected_by(SelectRule::HighestReward);
+        let selected_node = match self.cfg.select {
+            SelectRule::MostVisited => visited_node,
+            SelectRule::HighestReward => reward_node,
+        };
         // Export ids follow creation keys, so they do not depend on how the
         // driver interleaved the streams.
         let order = self.tree.canonical_order();
@@ -800,7 +803,6 @@ impl TreeSearch {
         let re_path = |p: Vec<NodeId>| p.into_iter().map(re).collect::<Vec<_>>();
         let mut chains: Vec<ChainResult> = Vec::new();
         let mut seen = std::collections::BTreeMap::new();
-        let mut selected = None;
         let mut picks = Picks::default();
         for &oid in &order {
             let n = self.tree.node(oid);
@@ -838,9 +840,6 @@ impl TreeSearch {
                     chains.len() - 1
                 }
             };
-            if Some(n.id) == selected_node {
-                selected = Some(idx);
-            }
             if Some(n.id) == visited_node {
                 picks.most_visited = Some(idx);
             }
@@ -915,7 +914,7 @@ impl TreeSearch {
             system: self.system,
             reference_answer: self.reference,
             chains,
-            selected,
+            selected: picks.get(self.cfg.select),
             picks,
             stats,
             tree: export,
