@@ -404,6 +404,7 @@ fn search(a: SearchBenchArgs) -> anyhow::Result<ExitCode> {
     use crate::search::{default_verifier, run_many, SelectRule, TreeSearch};
     use serde_json::json;
     let ecfg = a.search.engine.config();
+    let dcfg = super::search::driver_config(&a.search);
     let threads = match ecfg.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         t => t,
@@ -452,7 +453,6 @@ fn search(a: SearchBenchArgs) -> anyhow::Result<ExitCode> {
             .map(|s| TreeSearch::new(&*run.engine, s, &g, verifier.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let bar = super::search::seed_bar(trees.len(), a.search.quiet);
-        let dcfg = super::search::driver_config(&a.search);
         let (res, _) = run_many(run.engine.as_mut(), trees, &dcfg, &mut |_, p| {
             super::search::tick_bar(&bar, p)
         })?;
@@ -508,7 +508,7 @@ fn search(a: SearchBenchArgs) -> anyhow::Result<ExitCode> {
         "search benchmark: {n} seeds ({with_ref} with a reference answer), granularity {}, n_parallel {n_par}, {threads} threads, \
          rollouts {}, K {}, tree tokens {}, reflection {:?}, KV cell budget {:?}",
         c.granularity.as_str(), c.max_rollouts, c.expand_k, c.max_tree_tokens, c.reflection.policy,
-        super::search::driver_config(&a.search).max_cells
+        dcfg.max_cells
     );
     println!("| metric | value | target |");
     println!("|---|---|---|");
@@ -583,7 +583,7 @@ fn search(a: SearchBenchArgs) -> anyhow::Result<ExitCode> {
         "seeds": a.search.seeds.display().to_string(),
         "n_seeds": n, "threads": threads, "n_parallel": n_par, "n_ctx": ecfg.n_ctx,
         "search_config": serde_json::to_value(c)?,
-        "driver_config": serde_json::to_value(super::search::driver_config(&a.search))?,
+        "driver_config": serde_json::to_value(&dcfg)?,
         "wall_seconds": rep.wall_seconds,
         "seeds_per_hour": n as f64 * 3600.0 / rep.wall_seconds.max(1e-9),
         "chains": chains,
