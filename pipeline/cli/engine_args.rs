@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::engine::{Engine, EngineConfig, EngineKind};
+use crate::engine::{Engine, EngineConfig, EngineKind, HttpConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
@@ -31,6 +31,20 @@ pub struct EngineArgs {
     /// Layers to offload to a GPU (needs a GPU build).
     #[arg(long, default_value_t = 0)]
     pub gpu_layers: u32,
+    /// `--engine http`: an OpenAI-compatible server root, e.g.
+    /// http://127.0.0.1:8080 (repeat for a fleet).
+    #[arg(long = "base-url", value_name = "URL")]
+    pub base_urls: Vec<String>,
+    /// `--engine http`: the served model name (default: the server's only model).
+    #[arg(long, value_name = "NAME")]
+    pub served_model: Option<String>,
+    /// `--engine http`: a GGUF of the served model, to tokenize and apply the
+    /// chat template locally exactly as the llama engine does.
+    #[arg(long, value_name = "MODEL.gguf")]
+    pub tokenizer: Option<PathBuf>,
+    /// `--engine http`: most generations in flight per server.
+    #[arg(long, default_value_t = 8)]
+    pub max_in_flight: usize,
 }
 
 impl EngineArgs {
@@ -45,6 +59,13 @@ impl EngineArgs {
             n_seq_max: self.n_seq_max,
             threads: self.threads,
             gpu_layers: self.gpu_layers,
+            http: HttpConfig {
+                base_urls: self.base_urls.clone(),
+                model: self.served_model.clone(),
+                tokenizer: self.tokenizer.clone(),
+                max_in_flight: self.max_in_flight,
+                ..HttpConfig::default()
+            },
             ..Default::default()
         }
     }

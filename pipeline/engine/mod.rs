@@ -1,9 +1,10 @@
 //! The engine: the narrow interface between cotforge and a language model.
 //!
 //! Everything above this module (search, recipes) sees sequences, tokens and
-//! per-token confidences, never llama.cpp types. Two implementations exist:
-//! [`llama::LlamaEngine`] (real model, feature `llama`) and
-//! [`scripted::ScriptedEngine`] (deterministic, no model, for fast tests).
+//! per-token confidences, never llama.cpp types. Three implementations exist:
+//! [`llama::LlamaEngine`] (real model, feature `llama`),
+//! [`scripted::ScriptedEngine`] (deterministic, no model, for fast tests) and
+//! [`http::HttpEngine`] (OpenAI-compatible inference servers).
 //!
 //! A sequence is a token list whose prefix is cached (evaluated, in the KV
 //! cache) and whose tail is *pending* (appended but not yet evaluated). A
@@ -18,6 +19,7 @@ pub mod confidence;
 pub mod config;
 pub mod core;
 pub mod generate;
+pub mod http;
 #[cfg(feature = "llama")]
 pub mod llama;
 pub mod sampling;
@@ -26,7 +28,7 @@ pub mod scripted;
 use serde::{Deserialize, Serialize};
 
 pub use confidence::{confidence, top_k_logits, TOP_K};
-pub use config::{EngineConfig, EngineKind, FlashAttn};
+pub use config::{EngineConfig, EngineKind, FlashAttn, HttpConfig, RateLimit};
 pub use core::{Backend, BatchEntry, Core, CoreLimits};
 #[cfg(feature = "llama")]
 pub use llama::LlamaEngine;
@@ -112,6 +114,20 @@ pub enum EngineError {
     Template(String),
     #[error("llama.cpp: {0}")]
     Backend(String),
+    /// An inference server cannot be used (start-up checks); names the URL and what to do.
+    #[error("{url}: {reason}")]
+    Server { url: String, reason: String },
+    /// One sequence's requests keep failing while its server answers others:
+    /// the caller drops that sequence's work (a reject with this reason) and
+    /// may retry the step for the rest, whose tokens are untouched.
+    #[error("sequence {seq:?}: {reason}")]
+    Sequence { seq: SeqId, reason: String },
+    /// Every server is gone: stop the run (journals are resumable) and rerun later.
+    #[error("no inference server answers ({0}); finished work is journaled: rerun the same command once a server is back")]
+    Unavailable(String),
+    /// The engine cannot do what was asked (e.g. teacher-forced scoring over a server without prompt log-probabilities).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
