@@ -17,6 +17,9 @@ pub enum BenchCommand {
     /// llama-batched-bench TG) and the answer accuracy of each selection rule
     /// against one greedy chain of thought.
     Search(SearchBenchArgs),
+    /// The MCTS of `bench search` over llama-server against the native engine
+    /// (seeds/hour of both, prompt tokens sent, server cache reuse, a naive client's floor).
+    Http(super::bench_http::HttpBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +72,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Engine(a) => engine(a),
         BenchCommand::Search(a) => search(a),
+        BenchCommand::Http(a) => super::bench_http::run(a),
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod bench_http;
 pub mod engine_args;
 pub mod export;
 pub mod generate;

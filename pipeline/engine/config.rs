@@ -192,6 +192,11 @@ pub struct HttpConfig {
     /// server runs ahead of the search (tokens discarded when the search
     /// edits or ends the sequence).
     pub chunk_tokens: usize,
+    /// Let the server reuse the KV of a previous request's common prefix
+    /// (llama-server `cache_prompt`). Reused KV was computed in batches of
+    /// another shape, so greedy outputs can differ from a fresh evaluation in
+    /// near-ties; `false` re-evaluates every prompt: reproducible, slower.
+    pub cache_prompt: bool,
     /// Strings after which the server may stop a chunk early: a saving only
     /// (the caller still decides where a sequence ends; a stopped sequence
     /// that is stepped again continues with a new request).
@@ -212,6 +217,7 @@ impl Default for HttpConfig {
             rate_limit: RateLimit::default(),
             tokenizer: None,
             chunk_tokens: 64,
+            cache_prompt: true,
             stop: Vec::new(),
         }
     }

@@ -273,12 +273,23 @@ impl Endpoint {
         }
     }
 
-    fn post_to(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        let mut r = self.agent.post(format!("{}{path}", self.url));
+    /// POST `body` as compact JSON (ureq's `send_json` pretty-prints,
+    /// which doubles the bytes of a prompt's token list).
+    fn send(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<ureq::http::Response<ureq::Body>, RequestError> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| RequestError::Malformed(format!("request: {e}")))?;
+        let mut r = self
+            .agent
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", "application/json");
         if let Some(a) = &self.auth {
             r = r.header("Authorization", a);
         }
-        r
+        r.send(&bytes[..]).map_err(|e| self.map_err(e))
     }
 
     fn map_err(&self, e: ureq::Error) -> RequestError {
@@ -368,10 +379,7 @@ impl Endpoint {
     ) -> Result<T, RequestError> {
         self.with_retries(cancel, || {
             self.admit(tokens, cancel)?;
-            let resp = self
-                .post_to(path)
-                .send_json(body)
-                .map_err(|e| self.map_err(e))?;
+            let resp = self.send(path, body)?;
             self.read_json(self.check(resp)?)
         })
     }
@@ -386,10 +394,7 @@ impl Endpoint {
         cancel: Option<&AtomicBool>,
     ) -> Result<SseReader, RequestError> {
         self.admit(tokens, cancel)?;
-        let resp = self
-            .post_to(path)
-            .send_json(body)
-            .map_err(|e| self.map_err(e))?;
+        let resp = self.send(path, body)?;
         let resp = self.check(resp)?;
         Ok(SseReader {
             inner: BufReader::new(Box::new(resp.into_body().into_reader())),

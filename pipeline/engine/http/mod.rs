@@ -33,6 +33,7 @@
 
 pub mod api;
 pub mod client;
+pub mod local;
 pub mod vocab;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -128,11 +129,14 @@ struct Seq {
     failed: Option<String>,
     /// The last generation ended on end-of-generation: nothing follows.
     ended: bool,
+    /// Which tree the sequence belongs to (a fork keeps its parent's).
+    root: u32,
 }
 
 impl Seq {
-    fn new(tokens: Vec<Token>, cached: usize, server: Option<usize>) -> Self {
+    fn new(tokens: Vec<Token>, cached: usize, server: Option<usize>, root: u32) -> Self {
         Self {
+            root,
             tokens,
             cached,
             server,
@@ -206,6 +210,8 @@ pub struct HttpEngine {
     tick: u64,
     stats: EngineStats,
     hstats: HttpStats,
+    /// The baseline client of `bench http`: see [`HttpEngine::set_naive`].
+    naive: bool,
 }
 
 fn server_err(url: &str, reason: impl Into<String>) -> EngineError {
@@ -233,6 +239,27 @@ fn probe_advice(e: &RequestError) -> String {
     }
 }
 
+/// A start-up GET: a server still loading its model (503) is waited for
+/// with the retry policy; one that refuses connections fails at once.
+fn startup_get<T: serde::de::DeserializeOwned>(
+    ep: &Endpoint,
+    path: &str,
+) -> std::result::Result<T, RequestError> {
+    let mut attempt = 0;
+    loop {
+        match ep.get_once(path) {
+            Ok(v) => return Ok(v),
+            Err(e @ RequestError::Unreachable(_)) => return Err(e),
+            Err(e) => {
+                if !ep.retry_wait(attempt, &e, None)? {
+                    return Err(e);
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
 /// The common prefix length of two token lists.
 fn lcp(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
@@ -256,9 +283,8 @@ impl HttpEngine {
         for url in &h.base_urls {
             let ep = Arc::new(Endpoint::new(url, h).map_err(|r| server_err(url, r))?);
             let url = ep.url.clone();
-            let list: api::ModelList = ep
-                .get("/v1/models")
-                .map_err(|e| server_err(&url, probe_advice(&e)))?;
+            let list: api::ModelList =
+                startup_get(&ep, "/v1/models").map_err(|e| server_err(&url, probe_advice(&e)))?;
             let ids: Vec<&str> = list.data.iter().map(|m| m.id.as_str()).collect();
             let info = match &model {
                 Some(m) => list.data.iter().find(|d| &d.id == m).ok_or_else(|| {
@@ -298,8 +324,7 @@ impl HttpEngine {
                 n_vocab = Some(v);
             }
             if flavor == Flavor::LlamaCpp {
-                let props: api::Props = ep
-                    .get("/props")
+                let props: api::Props = startup_get(&ep, "/props")
                     .map_err(|e| server_err(&url, format!("/props: {}", probe_advice(&e))))?;
                 if let Some(slots) = props.total_slots {
                     if slots < capacity {
@@ -372,6 +397,7 @@ impl HttpEngine {
             tick: 0,
             stats: EngineStats::default(),
             hstats: HttpStats::default(),
+            naive: false,
         };
         e.probe()?;
         let cap: usize = e.servers.iter().map(|s| s.capacity).sum();
@@ -466,6 +492,15 @@ impl HttpEngine {
         h
     }
 
+    /// Behave like a naive client, the floor `bench http` reports: every
+    /// request has the server evaluate its whole path again (no prompt
+    /// cache), one completion per request (no shared prefix), the next chunk
+    /// only once the previous one is used up, and at most one request in
+    /// flight per tree.
+    pub fn set_naive(&mut self, naive: bool) {
+        self.naive = naive;
+    }
+
     /// Base URL and flavor of each server.
     pub fn servers(&self) -> Vec<(String, Flavor)> {
         self.servers
@@ -516,20 +551,23 @@ impl HttpEngine {
         if let Some(k) = s.server.filter(|&k| self.servers[k].up) {
             return Ok(k);
         }
-        let mut best: Option<(usize, usize)> = None;
+        let mut best: Option<(usize, usize, u32)> = None;
         for (oid, o) in &self.seqs {
             if *oid == id {
                 continue;
             }
             if let Some(k) = o.server.filter(|&k| self.servers[k].up) {
                 let l = lcp(&s.tokens, &o.tokens);
-                if best.is_none_or(|(b, _)| l > b) {
-                    best = Some((l, k));
+                if best.is_none_or(|(b, _, _)| l > b) {
+                    best = Some((l, k, o.root));
                 }
             }
         }
         let k = match best {
-            Some((l, k)) if l * 2 >= s.tokens.len() && l > 0 => k,
+            Some((l, k, root)) if l * 2 >= s.tokens.len() && l > 0 => {
+                self.seq_mut(id)?.root = root;
+                k
+            }
             _ => {
                 let mut load = vec![0usize; self.servers.len()];
                 for o in self.seqs.values() {
@@ -630,6 +668,7 @@ impl HttpEngine {
             n: members.len(),
             params,
             stop: self.cfg.stop.clone(),
+            cache_prompt: self.cfg.cache_prompt && !self.naive,
             gen: g,
             tx: self.tx.clone(),
             cancel,
@@ -773,11 +812,12 @@ impl HttpEngine {
             return;
         };
         let ahead = std::mem::take(&mut s.ahead);
-        let params = s.ahead_params;
+        let (params, ended) = (s.ahead_params, s.ended);
         self.detach(id);
         if let Some(s) = self.seqs.get_mut(&id) {
             s.ahead = ahead;
             s.ahead_params = params;
+            s.ended = ended;
         }
     }
 
@@ -857,9 +897,24 @@ impl HttpEngine {
         }
         // Group: same server, same tokens (and look-ahead), same sampling.
         let mut groups: Vec<(usize, Vec<(SeqId, SamplingParams)>)> = Vec::new();
+        let mut busy_roots: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+        if self.naive {
+            for s in self.seqs.values() {
+                if s.gen.is_some() {
+                    busy_roots.insert(s.root);
+                }
+            }
+        }
         for (id, p) in need {
             let k = self.route(id)?;
             let s = self.seq(id)?;
+            if self.naive {
+                if !busy_roots.insert(s.root) {
+                    continue;
+                }
+                groups.push((k, vec![(id, p)]));
+                continue;
+            }
             let found = groups.iter_mut().find(|(gk, m)| {
                 *gk == k && {
                     let o = &self.seqs[&m[0].0];
@@ -915,7 +970,7 @@ impl HttpEngine {
             .map(|(id, _)| *id)
             .collect();
         for id in victims {
-            self.detach(id);
+            self.detach_keep(id);
         }
     }
 }
@@ -931,6 +986,7 @@ struct Job {
     params: SamplingParams,
     seed: u32,
     stop: Vec<String>,
+    cache_prompt: bool,
     gen: u64,
     tx: Sender<Event>,
     cancel: Arc<AtomicBool>,
@@ -971,7 +1027,10 @@ impl Job {
             stop: &self.stop,
             prompt_logprobs: None,
             return_tokens_as_token_ids: (!llama).then_some(true),
-            llama: llama.then(api::LlamaExtras::default),
+            llama: llama.then(|| api::LlamaExtras {
+                cache_prompt: self.cache_prompt,
+                ..Default::default()
+            }),
         };
         let mut received = vec![0u64; self.n];
         let mut prompt_seen = false;
@@ -1122,15 +1181,15 @@ impl Engine for HttpEngine {
         }
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        self.seqs.insert(id, Seq::new(Vec::new(), 0, None));
+        self.seqs.insert(id, Seq::new(Vec::new(), 0, None, id.0));
         Ok(id)
     }
 
     fn fork(&mut self, parent: SeqId) -> Result<SeqId> {
         let p = self.seq(parent)?;
-        let (tokens, cached, server) = (p.tokens.clone(), p.cached, p.server);
+        let (tokens, cached, server, root) = (p.tokens.clone(), p.cached, p.server, p.root);
         let id = self.new_sequence()?;
-        self.seqs.insert(id, Seq::new(tokens, cached, server));
+        self.seqs.insert(id, Seq::new(tokens, cached, server, root));
         Ok(id)
     }
 
@@ -1220,15 +1279,16 @@ impl Engine for HttpEngine {
                 self.detach(r.seq);
             }
         }
-        // Sequences the caller stopped stepping (a finished stream) free their server slot.
+        // Sequences the caller stopped stepping (a finished stream) free
+        // their server slot; what they already received stays for later.
         let idle: Vec<SeqId> = self
             .seqs
             .iter()
-            .filter(|(_, s)| s.last_step + 1 < tick && (s.gen.is_some() || !s.ahead.is_empty()))
+            .filter(|(_, s)| s.last_step + 1 < tick && s.gen.is_some())
             .map(|(id, _)| *id)
             .collect();
         for id in idle {
-            self.detach(id);
+            self.detach_keep(id);
         }
         loop {
             let mut waiting = false;
@@ -1280,7 +1340,9 @@ impl Engine for HttpEngine {
         }
         // Keep the pipeline full: the next chunk of every sequence whose
         // generation ended normally is requested now, from its look-ahead's end.
-        self.launch_needed(requests, false)?;
+        if !self.naive {
+            self.launch_needed(requests, false)?;
+        }
         self.hstats.tokens_handed += out.len() as u64;
         self.stats.tokens_sampled += out.len() as u64;
         self.stats.decode_calls += 1;

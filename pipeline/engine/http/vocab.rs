@@ -29,19 +29,44 @@ pub struct Vocab {
     pub hash: String,
 }
 
-/// Texts llama.cpp's vocabulary loader also treats as end of generation.
+/// Token texts llama.cpp's vocabulary loader (the llama-cpp-python 0.3.36
+/// tree, `llama-vocab.cpp`) treats as end of generation: its EOG texts and
+/// its fill-in-the-middle pad / repo / file-separator tokens. Tokens the
+/// server stops on are learned at run time as well.
 const EOG_TEXTS: &[&str] = &[
-    "<|im_end|>",
-    "<|endoftext|>",
     "<|eot_id|>",
-    "<|eom_id|>",
-    "<end_of_turn>",
+    "<|im_end|>",
     "<|end|>",
-    "<|end_of_text|>",
-    "</s>",
     "<|return|>",
     "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
     "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "[PAD]",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
 ];
 
 fn server_err(ep: &Endpoint, what: &str, e: impl std::fmt::Display) -> EngineError {

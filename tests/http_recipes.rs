@@ -1,0 +1,177 @@
+//! The recipes llama-server can serve, over HTTP on the committed seed
+//! samples: chains, rejects and manifests in the store's schema (the one the
+//! native engine writes), `cotforge verify` passes; open_o1 refuses clearly.
+#![cfg(feature = "llama")]
+
+mod common;
+mod http_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use cotforge::store::manifest::Manifest;
+use cotforge::store::parquet_io::read_parquet;
+use cotforge::store::schema::{chains_schema, rejects_schema};
+use http_support::start_server;
+
+fn repo(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(p)
+        .display()
+        .to_string()
+}
+
+fn cotforge(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cotforge"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn marco_cot_and_instruction_run_over_llama_server() {
+    let Some(model) = common::model_path() else {
+        return;
+    };
+    // The server's own tokenizer and (legacy) template: no GGUF on the client.
+    let server = start_server(&model, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let job = format!(
+        r#"seed = 3
+out = {out:?}
+num_shards = 2
+
+[engine]
+kind = "http"
+n_parallel = 8
+
+[engine.http]
+base_urls = [{url:?}]
+stop = ["</Output>"]
+
+[store]
+batch_seeds = 4
+
+[[recipe]]
+kind = "marco_cot"
+seeds = [{gsm:?}]
+limit = 3
+[recipe.search]
+max_rollouts = 3
+expand_k = 2
+max_tree_tokens = 400
+max_thought_tokens = 160
+answer_max_tokens = 24
+[[recipe.filters]]
+type = "format"
+[[recipe.filters]]
+type = "reward"
+min_reward = 0.3
+
+[[recipe]]
+kind = "instruction"
+seeds = [{inst:?}]
+limit = 3
+[recipe.instruction]
+n = 2
+max_tokens = 48
+[[recipe.filters]]
+type = "reward"
+min_reward = 0.3
+"#,
+        out = out.display().to_string(),
+        url = server.url(),
+        gsm = repo("data/seeds/gsm8k.parquet"),
+        inst = repo("data/seeds/self_instruct.parquet"),
+    );
+    let p = dir.path().join("job.toml");
+    std::fs::write(&p, job).unwrap();
+    let o = cotforge(&["run", p.to_str().unwrap(), "--no-progress"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "run failed:\n{text}");
+    for recipe in ["marco_cot", "instruction"] {
+        let line = text.lines().find(|l| {
+            l.trim_start().starts_with(recipe)
+                && !l.contains('|')
+                && l.split_whitespace().count() == 3
+        });
+        let accepted: usize = line
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(accepted > 0, "{recipe} accepted no rows:\n{text}");
+    }
+    let v = cotforge(&["verify", out.to_str().unwrap()]);
+    assert!(
+        v.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // Every shard file in the store's schema, every manifest readable.
+    let mut files = 0;
+    for e in walkdir::WalkDir::new(out.join("shards"))
+        .into_iter()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let want = if name.starts_with("shard-") && name.ends_with(".parquet") {
+            Some(chains_schema())
+        } else if name.starts_with("rejected-") && name.ends_with(".parquet") {
+            Some(rejects_schema())
+        } else {
+            None
+        };
+        if let Some(want) = want {
+            for b in read_parquet(e.path()).unwrap() {
+                assert_eq!(b.schema().fields(), want.fields(), "{}", e.path().display());
+            }
+            files += 1;
+        }
+        if name.starts_with("manifest-") {
+            let m: Manifest = serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            assert!(!m.files.is_empty(), "{}", e.path().display());
+        }
+    }
+    assert!(
+        files >= 4,
+        "only {files} shard files under {}",
+        out.display()
+    );
+}
+
+#[test]
+fn open_o1_refuses_over_llama_server_before_writing_anything() {
+    let Some(model) = common::model_path() else {
+        return;
+    };
+    let server = start_server(&model, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let job = format!(
+        "out = {out:?}\n[engine]\nkind = \"http\"\n[engine.http]\nbase_urls = [{url:?}]\ntokenizer = {model:?}\n\n[[recipe]]\nkind = \"open_o1\"\nseeds = [{cot:?}]\nlimit = 2\n",
+        out = out.display().to_string(),
+        url = server.url(),
+        model = model.display().to_string(),
+        cot = repo("data/seeds/cot_demo.parquet"),
+    );
+    let p = dir.path().join("job.toml");
+    std::fs::write(&p, job).unwrap();
+    let o = cotforge(&["run", p.to_str().unwrap(), "--no-progress"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "open_o1 ran over llama-server:\n{err}");
+    assert!(
+        err.contains(&server.url()) && err.contains("prompt") && err.contains("llama-server"),
+        "{err}"
+    );
+    let chains = walkdir::WalkDir::new(&out)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        .count();
+    assert_eq!(chains, 0, "open_o1 wrote output over llama-server");
+}
