@@ -130,17 +130,13 @@ impl Proxy {
                 }
                 let Ok(client) = conn else { continue };
                 conns.fetch_add(1, Ordering::Relaxed);
-                let fault = queue
-                    .lock()
-                    .unwrap()
-                    .pop_front()
-                    .unwrap_or_else(|| default.lock().unwrap().clone());
-                if fault != Fault::Pass {
-                    injected.fetch_add(1, Ordering::Relaxed);
-                }
-                let reject = reject.clone();
-                let injected = injected.clone();
-                std::thread::spawn(move || serve(client, upstream, fault, reject, injected));
+                let rules = Rules {
+                    queue: queue.clone(),
+                    default: default.clone(),
+                    reject: reject.clone(),
+                    injected: injected.clone(),
+                };
+                std::thread::spawn(move || serve(client, upstream, rules));
             }
         });
         p
@@ -216,52 +212,65 @@ fn respond(client: &mut TcpStream, code: u16) {
     let _ = client.shutdown(Shutdown::Both);
 }
 
-fn serve(
-    mut client: TcpStream,
-    upstream: u16,
-    fault: Fault,
+/// The proxy's shared settings, consulted for every request.
+#[derive(Clone)]
+struct Rules {
+    queue: Arc<Mutex<std::collections::VecDeque<Fault>>>,
+    default: Arc<Mutex<Fault>>,
     reject: Arc<Mutex<Option<Vec<u8>>>>,
     injected: Arc<AtomicUsize>,
-) {
-    match fault {
-        Fault::Close => {
-            let _ = client.shutdown(Shutdown::Both);
+}
+
+impl Rules {
+    /// The fault for the next request: the queue first, else the default.
+    fn next(&self, body: &[u8]) -> Fault {
+        let needle = self.reject.lock().unwrap().clone();
+        let f = if needle.is_some_and(|n| body.windows(n.len()).any(|w| w == n.as_slice())) {
+            Fault::Status(400)
+        } else {
+            let q = self.queue.lock().unwrap().pop_front();
+            q.unwrap_or_else(|| self.default.lock().unwrap().clone())
+        };
+        if f != Fault::Pass {
+            self.injected.fetch_add(1, Ordering::Relaxed);
         }
-        Fault::Status(code) => {
-            let _ = read_request(&mut client);
-            respond(&mut client, code);
-        }
-        Fault::Hang => {
-            let _ = read_request(&mut client);
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-        Fault::Pass => {
-            let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                let _ = client.shutdown(Shutdown::Both);
-                return;
-            };
-            // Requests one by one (keep-alive), so bodies can be inspected.
-            let mut down = up.try_clone().unwrap();
-            let mut back = client.try_clone().unwrap();
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut down, &mut back);
-                let _ = back.shutdown(Shutdown::Both);
-            });
-            while let Some(req) = read_request(&mut client) {
-                let needle = reject.lock().unwrap().clone();
-                if let Some(n) = &needle {
-                    if req.windows(n.len()).any(|w| w == n.as_slice()) {
-                        injected.fetch_add(1, Ordering::Relaxed);
-                        respond(&mut client, 400);
-                        let _ = up.shutdown(Shutdown::Both);
-                        return;
-                    }
+        f
+    }
+}
+
+/// One client connection, request by request (keep-alive), each request
+/// passed upstream or answered with its fault.
+fn serve(mut client: TcpStream, upstream: u16, rules: Rules) {
+    let mut up: Option<TcpStream> = None;
+    while let Some(req) = read_request(&mut client) {
+        match rules.next(&req) {
+            Fault::Pass => {
+                if up.is_none() {
+                    let Ok(u) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        break;
+                    };
+                    let mut down = u.try_clone().unwrap();
+                    let mut back = client.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut down, &mut back);
+                        let _ = back.shutdown(Shutdown::Both);
+                    });
+                    up = Some(u);
                 }
-                if up.write_all(&req).is_err() {
+                if up.as_mut().is_some_and(|u| u.write_all(&req).is_err()) {
                     break;
                 }
             }
-            let _ = up.shutdown(Shutdown::Both);
+            Fault::Status(code) => {
+                respond(&mut client, code);
+                break;
+            }
+            Fault::Hang => std::thread::sleep(Duration::from_secs(3600)),
+            Fault::Close => break,
         }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    if let Some(u) = up {
+        let _ = u.shutdown(Shutdown::Both);
     }
 }
