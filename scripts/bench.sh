@@ -6,6 +6,8 @@
 #   scripts/bench.sh search   # MCTS on 32 GSM8K questions: seeds/hour, KV reuse, decode share,
 #                             # decode tok/s vs llama-batched-bench, accuracy per selection rule
 #   scripts/bench.sh accuracy # the same on 50 GSM8K train questions (the accuracy study)
+#   scripts/bench.sh http     # that MCTS over llama-server vs in-process: seeds/hour, ratio,
+#                             # prompt tokens sent, server cache reuse, a naive client's floor
 #   scripts/bench.sh store    # ingest + shard write of 1,000,000 synthetic rows
 #   scripts/bench.sh dedup    # MinHash dedup of 1,000,000 synthetic chains
 #
@@ -18,37 +20,16 @@ THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-3}"
 OUT="${OUT:-$ROOT/target/bench}"
 MODEL="${MODEL:-$ROOT/data/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
-TOOLS="$ROOT/target/bench-tools"
-LCP_VERSION="0.3.36"
 mkdir -p "$OUT"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-# llama.cpp's own tools, built from the llama.cpp tree vendored in the
-# llama-cpp-python sdist (the llama-cpp-sys-2 crate ships no tool sources).
-# Same CPU flags as the crate's build (GGML_NATIVE=OFF: AVX2/FMA/F16C), so both
-# sides run the same kernels; a native build may also pick up AMX paths that
-# crash on VMs which advertise AMX without supporting it.
-TOOLS_FLAGS="GGML_NATIVE=OFF"
-build_llama_tools() {
-  if [ -x "$TOOLS/bin/llama-batched-bench" ] && [ -x "$TOOLS/bin/llama-perplexity" ] \
-     && [ "$(cat "$TOOLS/bin/.flags" 2>/dev/null)" = "$TOOLS_FLAGS" ]; then return; fi
-  rm -rf "$TOOLS/build" "$TOOLS/bin"
-  log "building llama-batched-bench and llama-perplexity from llama-cpp-python==$LCP_VERSION (cached in $TOOLS)"
-  mkdir -p "$TOOLS/src"
-  if [ ! -d "$TOOLS/src/llama.cpp" ]; then
-    python3 -m pip download --quiet --no-deps --no-binary :all: -d "$TOOLS/src" "llama-cpp-python==$LCP_VERSION"
-    tar -xzf "$TOOLS/src/llama_cpp_python-$LCP_VERSION.tar.gz" -C "$TOOLS/src"
-    mv "$TOOLS/src/llama_cpp_python-$LCP_VERSION/vendor/llama.cpp" "$TOOLS/src/llama.cpp"
-    rm -rf "$TOOLS/src/llama_cpp_python-$LCP_VERSION"
-  fi
-  cmake -S "$TOOLS/src/llama.cpp" -B "$TOOLS/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
-  cmake --build "$TOOLS/build" --target llama-batched-bench llama-perplexity -j "$(nproc)" >"$TOOLS/build.log" 2>&1 || { tail -30 "$TOOLS/build.log"; exit 1; }
-  mkdir -p "$TOOLS/bin"
-  cp "$TOOLS/build/bin/llama-batched-bench" "$TOOLS/build/bin/llama-perplexity" "$TOOLS/bin/"
-  echo "$TOOLS_FLAGS" > "$TOOLS/bin/.flags"
-}
+# llama.cpp's own tools (llama-batched-bench, llama-perplexity, llama-server),
+# built once from the llama.cpp tree vendored in the llama-cpp-python sdist.
+# shellcheck source=llama-tools.sh
+. "$ROOT/scripts/llama-tools.sh"
+build_llama_tools() { llama_tools_build || exit 1; }
+TOOLS_BIN="$LLAMA_TOOLS_BIN"
 
 [ -f "$MODEL" ] || scripts/setup.sh
 cargo build --release --quiet
@@ -58,7 +39,7 @@ case "$WHAT" in
   engine)
     build_llama_tools
     "$BIN" bench engine --model "$MODEL" --threads "$THREADS" --rounds "$ROUNDS" \
-      --batched-bench "$TOOLS/bin/llama-batched-bench" --perplexity "$TOOLS/bin/llama-perplexity" \
+      --batched-bench "$TOOLS_BIN/llama-batched-bench" --perplexity "$TOOLS_BIN/llama-perplexity" \
       --llama-cpp-source "llama-cpp-python==$LCP_VERSION (vendor/llama.cpp)" \
       --json "$OUT/engine.json"
     ;;
@@ -68,7 +49,16 @@ case "$WHAT" in
     if [ "$WHAT" = search ]; then SEEDS=tests/fixtures/gsm8k_32.jsonl; else SEEDS=benches/data/gsm8k_train_50.jsonl; fi
     "$BIN" bench search --model "$MODEL" --threads "$THREADS" --n-parallel 8 \
       --n-ctx "${N_CTX:-16384}" --seeds "$SEEDS" --config benches/data/search.toml \
-      --out "$OUT/$WHAT" --batched-bench "$TOOLS/bin/llama-batched-bench" --json "$OUT/$WHAT.json"
+      --out "$OUT/$WHAT" --batched-bench "$TOOLS_BIN/llama-batched-bench" --json "$OUT/$WHAT.json"
+    ;;
+  http)
+    # The search of `bench search` over llama-server (same model, threads and
+    # settings) against the in-process engine, plus a naive client's floor.
+    build_llama_tools
+    "$BIN" bench http --model "$MODEL" --llama-server "$TOOLS_BIN/llama-server" --threads "$THREADS" \
+      --n-parallel 8 --n-ctx "${N_CTX:-16384}" --seeds "${SEEDS:-tests/fixtures/gsm8k_32.jsonl}" \
+      --limit "${LIMIT:-16}" --config benches/data/search.toml --rounds "$ROUNDS" \
+      ${VARIANTS:+--variants "$VARIANTS"} --json "$OUT/http.json"
     ;;
   store)
     cargo bench --bench store
@@ -77,5 +67,5 @@ case "$WHAT" in
     cargo bench --bench dedup
     ;;
   *)
-    echo "usage: scripts/bench.sh engine|search|accuracy|store|dedup" >&2; exit 2 ;;
+    echo "usage: scripts/bench.sh engine|search|accuracy|http|store|dedup" >&2; exit 2 ;;
 esac

@@ -28,6 +28,11 @@ fi
 # default spin-waiting then starves them. Speed is measured by scripts/bench.sh, not here.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
+# llama-server for the HTTP engine tests: built once from the llama-cpp-python
+# sdist's llama.cpp (about 5-9 minutes on 2 cores), cached under target/.
+log "llama-server (scripts/llama-tools.sh)"
+scripts/llama-tools.sh >/dev/null
+
 cargo fmt --check
 # One release build serves the tests, the benches and the main job.
 # Benches are compiled (so they cannot rot) but never run here: speed lives in scripts/bench.sh.

@@ -175,3 +175,26 @@ fn open_o1_refuses_over_llama_server_before_writing_anything() {
         .count();
     assert_eq!(chains, 0, "open_o1 wrote output over llama-server");
 }
+
+#[test]
+fn the_http_job_file_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/jobs/http.toml");
+    let job =
+        cotforge::recipes::job::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let e = &job.file.engine;
+    assert_eq!(e.kind, cotforge::engine::EngineKind::Http);
+    assert_eq!(e.http.base_urls, vec!["http://127.0.0.1:8080".to_string()]);
+    assert_eq!(e.http.max_in_flight, 16);
+    assert!(job.recipes.len() >= 2);
+    // A typo in [engine.http] is rejected with the key, as everywhere else.
+    let bad = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("chunk_tokens =", "chunk_token =");
+    let p = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(p.path(), bad).unwrap();
+    let err = cotforge::recipes::job::load(p.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("chunk_token"), "{err}");
+}
