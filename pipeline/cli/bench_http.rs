@@ -39,7 +39,8 @@ pub struct HttpBenchArgs {
     /// KV cells before cached tree nodes are dropped (default 256 per parallel sequence, as `bench search`).
     #[arg(long)]
     pub max_cells: Option<usize>,
-    /// Server slots (default n_parallel).
+    /// Server slots (default 2 x n_parallel: the search runs n_parallel
+    /// streams plus an expansion's K at once).
     #[arg(long)]
     pub slots: Option<usize>,
     #[arg(long, default_value_t = 3)]
@@ -100,11 +101,11 @@ pub fn run(a: HttpBenchArgs) -> anyhow::Result<ExitCode> {
             max_cells: (cells > 0).then_some(cells),
             ..Default::default()
         },
-        slots: a.slots.unwrap_or(a.n_parallel),
+        slots: a.slots.unwrap_or(2 * a.n_parallel),
         rounds: a.rounds,
         http: HttpConfig {
             chunk_tokens: a.chunk_tokens,
-            max_in_flight: a.slots.unwrap_or(a.n_parallel),
+            max_in_flight: a.slots.unwrap_or(2 * a.n_parallel),
             stop: a.stop.clone(),
             ..Default::default()
         },

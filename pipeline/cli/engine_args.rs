@@ -43,7 +43,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "MODEL.gguf")]
     pub tokenizer: Option<PathBuf>,
     /// `--engine http`: most generations in flight per server.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = HttpConfig::default().max_in_flight)]
     pub max_in_flight: usize,
 }
 

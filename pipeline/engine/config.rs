@@ -169,7 +169,9 @@ pub struct HttpConfig {
     /// Environment variable holding a bearer token (never the token itself).
     pub api_key_env: Option<String>,
     /// Most generations open at once per server (llama-server: at most its
-    /// `--parallel` slots). Keep it at the server's batch width so its batches stay full.
+    /// `--parallel` slots). The search runs up to `n_parallel` plus one
+    /// expansion's K streams at once; with fewer, streams take turns on the
+    /// server (cancelled and resumed), which costs requests.
     pub max_in_flight: usize,
     /// Seconds without a byte from the server before a request counts as hung.
     pub timeout_s: f64,
@@ -209,7 +211,7 @@ impl Default for HttpConfig {
             base_urls: Vec::new(),
             model: None,
             api_key_env: None,
-            max_in_flight: 8,
+            max_in_flight: 16,
             timeout_s: 60.0,
             retries: 6,
             backoff_ms: 250,

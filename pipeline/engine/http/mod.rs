@@ -84,8 +84,10 @@ pub struct HttpStats {
     pub tokens_received: u64,
     pub tokens_handed: u64,
     pub tokens_discarded: u64,
-    /// Generations cancelled before they ended.
+    /// Generations cancelled before they ended, and of those how many to
+    /// free a server slot for a sequence of the current step.
     pub cancelled: u64,
+    pub preempted: u64,
     /// HTTP attempts, retries after transient failures, requests that failed for good.
     pub http_requests: u64,
     pub http_retries: u64,
@@ -114,7 +116,6 @@ struct Server {
 #[derive(Debug, Clone)]
 struct Seq {
     tokens: Vec<Token>,
-    cached: usize,
     server: Option<usize>,
     /// Tokens received for this sequence and not handed out yet; their
     /// generation was requested with `ahead_params`.
@@ -134,11 +135,10 @@ struct Seq {
 }
 
 impl Seq {
-    fn new(tokens: Vec<Token>, cached: usize, server: Option<usize>, root: u32) -> Self {
+    fn new(tokens: Vec<Token>, server: Option<usize>, root: u32) -> Self {
         Self {
             root,
             tokens,
-            cached,
             server,
             ahead: VecDeque::new(),
             ahead_params: None,
@@ -693,6 +693,14 @@ impl HttpEngine {
             EventKind::Prompt { evaluated, cached } => {
                 if !gen.reported_prompt {
                     gen.reported_prompt = true;
+                    tracing::debug!(
+                        gen = ev.gen,
+                        n = gen.children.len(),
+                        seqs = ?gen.children.iter().map(|c| c.seq).collect::<Vec<_>>(),
+                        evaluated,
+                        cached,
+                        "prompt"
+                    );
                     self.hstats.prompt_tokens_evaluated += evaluated;
                     self.hstats.prompt_tokens_cached += cached;
                     self.stats.tokens_evaluated += evaluated;
@@ -938,8 +946,8 @@ impl HttpEngine {
             let free = self.servers[k]
                 .capacity
                 .saturating_sub(self.servers[k].in_flight);
-            if free == 0 {
-                self.preempt(k, requests);
+            if free < m.len() && only_starving {
+                self.preempt(k, m.len() - free, requests);
             }
             let free = self.servers[k]
                 .capacity
@@ -955,11 +963,13 @@ impl HttpEngine {
         Ok(())
     }
 
-    /// Cancel generations on server `k` feeding sequences not in this step,
-    /// so the step's sequences get the capacity.
-    fn preempt(&mut self, k: usize, requests: &[StepRequest]) {
+    /// Cancel up to `n` generations on server `k` feeding sequences not in
+    /// this step, those with the most tokens already waiting first (they lose
+    /// nothing now and continue with a new request later), so the step's
+    /// sequences get the capacity.
+    fn preempt(&mut self, k: usize, n: usize, requests: &[StepRequest]) {
         let wanted: std::collections::BTreeSet<SeqId> = requests.iter().map(|r| r.seq).collect();
-        let victims: Vec<SeqId> = self
+        let mut victims: Vec<(usize, SeqId)> = self
             .seqs
             .iter()
             .filter(|(id, s)| {
@@ -967,10 +977,12 @@ impl HttpEngine {
                     && s.gen
                         .is_some_and(|(g, _)| self.gens.get(&g).is_some_and(|x| x.server == k))
             })
-            .map(|(id, _)| *id)
+            .map(|(id, s)| (s.ahead.len(), *id))
             .collect();
-        for id in victims {
+        victims.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, id) in victims.into_iter().take(n) {
             self.detach_keep(id);
+            self.hstats.preempted += 1;
         }
     }
 }
@@ -1108,10 +1120,11 @@ impl Job {
                 }
                 if let Some(lp) = &ch.logprobs {
                     let toks = lp.tokens(TOP_K).map_err(RequestError::Malformed)?;
+                    // llama-server sends one token per event, with the timings of
+                    // the slot that made it (so per choice, also with n > 1).
+                    let p = if toks.len() == 1 { predicted_n } else { None };
                     for tok in toks {
                         received[i] += 1;
-                        // With n > 1 the timings are per slot; only meaningful for one choice.
-                        let p = if self.n == 1 { predicted_n } else { None };
                         if !self.send(
                             i,
                             EventKind::Token {
@@ -1181,15 +1194,15 @@ impl Engine for HttpEngine {
         }
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        self.seqs.insert(id, Seq::new(Vec::new(), 0, None, id.0));
+        self.seqs.insert(id, Seq::new(Vec::new(), None, id.0));
         Ok(id)
     }
 
     fn fork(&mut self, parent: SeqId) -> Result<SeqId> {
         let p = self.seq(parent)?;
-        let (tokens, cached, server, root) = (p.tokens.clone(), p.cached, p.server, p.root);
+        let (tokens, server, root) = (p.tokens.clone(), p.server, p.root);
         let id = self.new_sequence()?;
-        self.seqs.insert(id, Seq::new(tokens, cached, server, root));
+        self.seqs.insert(id, Seq::new(tokens, server, root));
         Ok(id)
     }
 
@@ -1201,7 +1214,6 @@ impl Engine for HttpEngine {
         self.detach(seq);
         let s = self.seq_mut(seq)?;
         s.tokens.truncate(len);
-        s.cached = s.cached.min(len);
         s.resample = 0;
         s.failed = None;
         Ok(())
@@ -1237,8 +1249,12 @@ impl Engine for HttpEngine {
         Ok(&self.seq(seq)?.tokens)
     }
 
+    /// The client holds no KV: every token it has is the server's to
+    /// evaluate, none is pending here. (So the search forks a node's K
+    /// children at once instead of waiting for the parent's evaluation, and
+    /// they go out as one request with `n = K`.)
     fn cached_len(&self, seq: SeqId) -> Result<usize> {
-        Ok(self.seq(seq)?.cached)
+        Ok(self.seq(seq)?.tokens.len())
     }
 
     fn live_sequences(&self) -> usize {
@@ -1335,7 +1351,6 @@ impl Engine for HttpEngine {
                 .pop_front()
                 .ok_or_else(|| EngineError::Backend("a fed sequence has no token".into()))?;
             s.tokens.push(t.token);
-            s.cached = s.tokens.len() - 1;
             out.push(t);
         }
         // Keep the pipeline full: the next chunk of every sequence whose
@@ -1355,9 +1370,7 @@ impl Engine for HttpEngine {
 
     /// The server evaluates a prompt with its first request; nothing to do here.
     fn evaluate(&mut self, seq: SeqId) -> Result<()> {
-        let s = self.seq_mut(seq)?;
-        s.cached = s.tokens.len();
-        Ok(())
+        self.seq(seq).map(|_| ())
     }
 
     fn score(&mut self, context: &[Token], text: &[Token]) -> Result<Vec<TokenOut>> {
