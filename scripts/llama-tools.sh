@@ -4,37 +4,59 @@
 # llama-cpp-sys-2 crate ships no tool sources) and cached under target/.
 #
 #   scripts/llama-tools.sh          # build if needed, print the bin directory
-#   . scripts/llama-tools.sh        # define llama_tools_build / LLAMA_TOOLS_BIN (bench.sh, test.sh)
+#   scripts/llama-tools.sh native   # the GGML_NATIVE=ON variant (bench.sh engine's second baseline)
+#   . scripts/llama-tools.sh        # define llama_tools_build / llama_tools_bin (bench.sh, test.sh)
 #
-# Same CPU flags as the crate's build (GGML_NATIVE=OFF: AVX2/FMA/F16C), so the
-# server, the benchmarks' baselines and the in-process engine run the same
-# kernels; a native build may also pick up AMX paths that crash on VMs which
-# advertise AMX without supporting it. One build of about 5 minutes on 2 cores,
-# then a no-op; concurrent callers (parallel test binaries) wait on a lock.
+# Two variants, cached separately (they share the downloaded source):
+#   portable (default): GGML_NATIVE=OFF (AVX2/FMA/F16C), what llama-cpp-sys-2
+#     builds without `-C target-cpu=native`; llama-server, llama-batched-bench,
+#     llama-perplexity in $LLAMA_TOOLS_DIR/bin.
+#   native: GGML_NATIVE=ON (-march=native: AVX-512, AMX where the CPU has
+#     them), the build a llama.cpp user has; llama-batched-bench and
+#     llama-perplexity in $LLAMA_TOOLS_DIR/native/bin.
+# One build of about 5 minutes on 2 cores each, then a no-op; concurrent
+# callers (parallel test binaries) wait on a lock.
 #
 # Environment: LLAMA_TOOLS_DIR (default target/llama-tools).
 
 LLAMA_TOOLS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LLAMA_TOOLS_DIR="${LLAMA_TOOLS_DIR:-$LLAMA_TOOLS_ROOT/target/llama-tools}"
-LLAMA_TOOLS_BIN="$LLAMA_TOOLS_DIR/bin"
 LCP_VERSION="0.3.36"
-LLAMA_TOOLS_TARGETS="llama-server llama-batched-bench llama-perplexity"
-# What the cached binaries were built from and how: a change rebuilds them.
-LLAMA_TOOLS_STAMP="llama-cpp-python==$LCP_VERSION GGML_NATIVE=OFF targets: $LLAMA_TOOLS_TARGETS"
 
 llama_tools_log() { printf '[llama-tools] %s\n' "$*" >&2; }
 
+# llama_tools_variant VARIANT: set the variant's bin dir, build dir, targets,
+# GGML_NATIVE value and stamp (what the cached binaries were built from and how:
+# a change rebuilds them).
+llama_tools_variant() {
+  case "${1:-portable}" in
+    portable)
+      _lt_bin="$LLAMA_TOOLS_DIR/bin" _lt_build="$LLAMA_TOOLS_DIR/build" _lt_native=OFF
+      _lt_targets="llama-server llama-batched-bench llama-perplexity" ;;
+    native)
+      _lt_bin="$LLAMA_TOOLS_DIR/native/bin" _lt_build="$LLAMA_TOOLS_DIR/native/build" _lt_native=ON
+      _lt_targets="llama-batched-bench llama-perplexity" ;;
+    *) llama_tools_log "unknown variant '$1' (portable or native)"; return 2 ;;
+  esac
+  _lt_stamp="llama-cpp-python==$LCP_VERSION GGML_NATIVE=$_lt_native targets: $_lt_targets"
+}
+
+# llama_tools_bin [VARIANT]: print the variant's bin directory.
+llama_tools_bin() { llama_tools_variant "${1:-portable}" && echo "$_lt_bin"; }
+
 llama_tools_ready() {
+  llama_tools_variant "${1:-portable}" || return 2
   local t
-  for t in $LLAMA_TOOLS_TARGETS; do [ -x "$LLAMA_TOOLS_BIN/$t" ] || return 1; done
-  [ "$(cat "$LLAMA_TOOLS_BIN/.stamp" 2>/dev/null)" = "$LLAMA_TOOLS_STAMP" ]
+  for t in $_lt_targets; do [ -x "$_lt_bin/$t" ] || return 1; done
+  [ "$(cat "$_lt_bin/.stamp" 2>/dev/null)" = "$_lt_stamp" ]
 }
 
 llama_tools_build_locked() {
-  llama_tools_ready && return 0
-  local src="$LLAMA_TOOLS_DIR/src" build="$LLAMA_TOOLS_DIR/build" t0=$SECONDS
-  rm -rf "$build" "$LLAMA_TOOLS_BIN"
-  mkdir -p "$src"
+  llama_tools_ready "$1" && return 0
+  llama_tools_variant "$1" || return 2
+  local src="$LLAMA_TOOLS_DIR/src" build="$_lt_build" t0=$SECONDS
+  rm -rf "$build" "$_lt_bin"
+  mkdir -p "$src" "$(dirname "$build")"
   if [ ! -d "$src/llama.cpp" ]; then
     llama_tools_log "downloading the llama-cpp-python==$LCP_VERSION sdist (vendor/llama.cpp)"
     # --no-binary for this package only: ':all:' would also build every build
@@ -45,37 +67,39 @@ llama_tools_build_locked() {
     mv "$src/llama_cpp_python-$LCP_VERSION/vendor/llama.cpp" "$src/llama.cpp"
     rm -rf "$src/llama_cpp_python-$LCP_VERSION" "$src/llama_cpp_python-$LCP_VERSION.tar.gz"
   fi
-  llama_tools_log "building $LLAMA_TOOLS_TARGETS (once; cached in $LLAMA_TOOLS_DIR)"
+  llama_tools_log "building $_lt_targets, GGML_NATIVE=$_lt_native (once; cached in $_lt_bin)"
   # No web UI (it would be fetched from the network), no HTTPS, no curl: the
   # server only ever listens on a local or cluster address.
-  cmake -S "$src/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+  cmake -S "$src/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE="$_lt_native" \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
-    -DBUILD_SHARED_LIBS=OFF >"$LLAMA_TOOLS_DIR/configure.log" 2>&1 \
-    || { tail -30 "$LLAMA_TOOLS_DIR/configure.log" >&2; return 1; }
+    -DBUILD_SHARED_LIBS=OFF >"$build.configure.log" 2>&1 \
+    || { tail -30 "$build.configure.log" >&2; return 1; }
   # shellcheck disable=SC2086
-  cmake --build "$build" --target $LLAMA_TOOLS_TARGETS -j "$(nproc)" >"$LLAMA_TOOLS_DIR/build.log" 2>&1 \
-    || { tail -30 "$LLAMA_TOOLS_DIR/build.log" >&2; return 1; }
-  mkdir -p "$LLAMA_TOOLS_BIN"
-  for t in $LLAMA_TOOLS_TARGETS; do cp "$build/bin/$t" "$LLAMA_TOOLS_BIN/"; done
-  echo "$LLAMA_TOOLS_STAMP" >"$LLAMA_TOOLS_BIN/.stamp"
+  cmake --build "$build" --target $_lt_targets -j "$(nproc)" >"$build.log" 2>&1 \
+    || { tail -30 "$build.log" >&2; return 1; }
+  mkdir -p "$_lt_bin"
+  for t in $_lt_targets; do cp "$build/bin/$t" "$_lt_bin/"; done
+  echo "$_lt_stamp" >"$_lt_bin/.stamp"
   # The object files are not needed once the static binaries are copied out.
   rm -rf "$build"
-  llama_tools_log "built in $((SECONDS - t0)) s: $LLAMA_TOOLS_BIN"
+  llama_tools_log "built in $((SECONDS - t0)) s: $_lt_bin"
 }
 
-# Build the tools unless the cache is current. Safe to call concurrently.
+# llama_tools_build [VARIANT]: build the variant unless its cache is current.
+# Safe to call concurrently (one lock for both variants: they share the source).
 llama_tools_build() {
-  llama_tools_ready && return 0
+  llama_tools_ready "${1:-portable}" && return 0
+  llama_tools_variant "${1:-portable}" || return 2
   mkdir -p "$LLAMA_TOOLS_DIR"
   (
     flock 9 || exit 1
-    llama_tools_build_locked
+    llama_tools_build_locked "${1:-portable}"
   ) 9>"$LLAMA_TOOLS_DIR/.lock"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   set -euo pipefail
-  llama_tools_build
-  echo "$LLAMA_TOOLS_BIN"
+  llama_tools_build "${1:-portable}"
+  llama_tools_bin "${1:-portable}"
 fi
