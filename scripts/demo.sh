@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end on a fresh machine: build deps + default model
-# (scripts/setup.sh), a release build, then data/jobs/demo.toml — all three
+# The main job, end to end on a fresh machine: build deps, default model and
+# the release build (scripts/setup.sh; native CPU kernels unless
+# COTFORGE_NATIVE=0, see scripts/build.sh), then data/jobs/demo.toml — all three
 # recipes on the committed seed samples — with dedup, SFT export, stats and
 # an HTML report. Rerunning resumes (or, when done, just reprints the summary).
 set -euo pipefail
@@ -9,8 +10,6 @@ cd "$ROOT"
 JOB="${1:-data/jobs/demo.toml}"
 start=$(date +%s)
 scripts/setup.sh
-echo "[demo] building cotforge (release; the first build compiles llama.cpp, ~6 min on 2 cores)" >&2
-cargo build --release --quiet
 echo "[demo] running $JOB" >&2
 ./target/release/cotforge run "$JOB"
 out=$(sed -n 's/^out *= *"\(.*\)".*/\1/p' "$JOB" | head -n1)

@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian machine for cotforge: build dependencies and the default model.
-# Idempotent: a second run checks what is there and changes nothing.
+# Set up a fresh Debian machine for cotforge: build dependencies, the default
+# model, and the release build (scripts/build.sh: native CPU kernels, a self-test,
+# a portable fallback). Idempotent: a second run checks what is there and changes nothing.
 #
 #   scripts/setup.sh                             # build deps + SmolLM2-135M (the tests' model)
 #   scripts/setup.sh --model qwen2.5-coder-0.5b  # also Qwen2.5-Coder-0.5B-Instruct Q4_K_M (the demo's model)
 #   scripts/setup.sh --model gemma3-270m         # also fetch gemma-3-270m Q4_K_M
 #   scripts/setup.sh --no-apt           # skip the apt step (not root, or deps present)
+#   scripts/setup.sh --no-build         # deps and models only
+#   COTFORGE_NATIVE=0 scripts/setup.sh  # portable build (AVX2) instead of -C target-cpu=native
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODELS="$ROOT/data/models"
 MODEL="smollm2-135m"
 APT=1
+BUILD=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL="${2:?--model needs a name: smollm2-135m, qwen2.5-coder-0.5b or gemma3-270m}"; shift 2 ;;
     --model=*) MODEL="${1#--model=}"; shift ;;
     --no-apt) APT=0; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --no-build) BUILD=0; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -152,4 +157,12 @@ case "$MODEL" in
   gemma3-270m) fetch_gemma3 ;;
   *) log "unknown model '$MODEL' (smollm2-135m, qwen2.5-coder-0.5b or gemma3-270m)"; exit 2 ;;
 esac
+
+# --- 3. build ------------------------------------------------------------------
+# The first build compiles llama.cpp (~10 min on 2 cores); then a no-op.
+if [ "$BUILD" = 1 ]; then
+  # shellcheck source=scripts/build.sh
+  . "$ROOT/scripts/build.sh"
+  (cd "$ROOT" && cotforge_build)
+fi
 log "done"

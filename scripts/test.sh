@@ -7,7 +7,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { printf '[test] %s\n' "$*" >&2; }
 
+# Build deps, the default model and the release build (scripts/build.sh: native
+# CPU kernels with a self-test and a portable fallback; COTFORGE_NATIVE=0 opts out).
 scripts/setup.sh
+# shellcheck source=scripts/build.sh
+. "$ROOT/scripts/build.sh"
 
 # Readers the export test loads the data with, and the browser the report test renders in.
 if ! python3 -c "import pyarrow, polars, duckdb, datasets" 2>/dev/null; then
@@ -34,7 +38,8 @@ log "llama-server (scripts/llama-tools.sh)"
 scripts/llama-tools.sh >/dev/null
 
 cargo fmt --check
-# One release build serves the tests, the benches and the main job.
+# One release build serves the tests, the benches and the main job: the same
+# RUSTFLAGS as setup.sh's build (cotforge_build_env), so nothing is rebuilt.
 # Benches are compiled (so they cannot rot) but never run here: speed lives in scripts/bench.sh.
-cargo build --release --benches --quiet
+cotforge_build --benches
 cargo test --release --no-fail-fast "$@"
