@@ -13,7 +13,8 @@
 #     llama-perplexity in $LLAMA_TOOLS_DIR/bin.
 #   native: GGML_NATIVE=ON (-march=native: AVX-512, AMX where the CPU has
 #     them), the build a llama.cpp user has; llama-batched-bench and
-#     llama-perplexity in $LLAMA_TOOLS_DIR/native/bin.
+#     llama-perplexity in $LLAMA_TOOLS_DIR/native/bin. Where the CPU lists AMX
+#     but faults on it, without AMX (scripts/build.sh's probe), as cotforge.
 # One build of about 5 minutes on 2 cores each, then a no-op; concurrent
 # callers (parallel test binaries) wait on a lock.
 #
@@ -32,13 +33,18 @@ llama_tools_variant() {
   case "${1:-portable}" in
     portable)
       _lt_bin="$LLAMA_TOOLS_DIR/bin" _lt_build="$LLAMA_TOOLS_DIR/build" _lt_native=OFF
-      _lt_targets="llama-server llama-batched-bench llama-perplexity" ;;
+      _lt_targets="llama-server llama-batched-bench llama-perplexity" _lt_cflags="" ;;
     native)
       _lt_bin="$LLAMA_TOOLS_DIR/native/bin" _lt_build="$LLAMA_TOOLS_DIR/native/build" _lt_native=ON
-      _lt_targets="llama-batched-bench llama-perplexity" ;;
+      _lt_targets="llama-batched-bench llama-perplexity"
+      # Without AMX where this machine lists AMX but faults on it, exactly as
+      # scripts/build.sh builds cotforge.
+      # shellcheck source=scripts/build.sh
+      . "$LLAMA_TOOLS_ROOT/scripts/build.sh"
+      _lt_cflags="$(cotforge_native_cflags)" ;;
     *) llama_tools_log "unknown variant '$1' (portable or native)"; return 2 ;;
   esac
-  _lt_stamp="llama-cpp-python==$LCP_VERSION GGML_NATIVE=$_lt_native targets: $_lt_targets"
+  _lt_stamp="llama-cpp-python==$LCP_VERSION GGML_NATIVE=$_lt_native${_lt_cflags:+ C flags: $_lt_cflags} targets: $_lt_targets"
 }
 
 # llama_tools_bin [VARIANT]: print the variant's bin directory.
@@ -71,6 +77,7 @@ llama_tools_build_locked() {
   # No web UI (it would be fetched from the network), no HTTPS, no curl: the
   # server only ever listens on a local or cluster address.
   cmake -S "$src/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE="$_lt_native" \
+    -DCMAKE_C_FLAGS="$_lt_cflags" -DCMAKE_CXX_FLAGS="$_lt_cflags" \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
     -DBUILD_SHARED_LIBS=OFF >"$build.configure.log" 2>&1 \
