@@ -2,7 +2,8 @@
 # Benchmarks (never run by the tests). Each prints a table of ratios against a
 # baseline measured in the same run.
 #
-#   scripts/bench.sh engine   # cotforge vs llama.cpp's llama-batched-bench / llama-perplexity
+#   scripts/bench.sh engine   # cotforge vs llama.cpp's llama-batched-bench / llama-perplexity,
+#                             # both a portable (GGML_NATIVE=OFF) and a native llama.cpp build
 #   scripts/bench.sh search   # MCTS on 32 GSM8K questions: seeds/hour, KV reuse, decode share,
 #                             # decode tok/s vs llama-batched-bench, accuracy per selection rule
 #   scripts/bench.sh accuracy # the same on 50 GSM8K train questions (the accuracy study)
@@ -11,7 +12,8 @@
 #   scripts/bench.sh store    # ingest + shard write of 1,000,000 synthetic rows
 #   scripts/bench.sh dedup    # MinHash dedup of 1,000,000 synthetic chains
 #
-# Environment: THREADS (default 2), ROUNDS (default 3), OUT (default target/bench).
+# Environment: THREADS (default 2), ROUNDS (default 3), OUT (default target/bench);
+# cotforge is built as scripts/build.sh builds it (native unless COTFORGE_NATIVE=0).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -26,22 +28,29 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 
 # llama.cpp's own tools (llama-batched-bench, llama-perplexity, llama-server),
 # built once from the llama.cpp tree vendored in the llama-cpp-python sdist.
-# shellcheck source=llama-tools.sh
+# shellcheck source=scripts/llama-tools.sh
 . "$ROOT/scripts/llama-tools.sh"
-build_llama_tools() { llama_tools_build || exit 1; }
-TOOLS_BIN="$LLAMA_TOOLS_BIN"
+build_llama_tools() { llama_tools_build "${1:-portable}" || exit 1; }
+TOOLS_BIN="$(llama_tools_bin portable)"
 
 [ -f "$MODEL" ] || scripts/setup.sh
-cargo build --release --quiet
+# shellcheck source=scripts/build.sh
+. "$ROOT/scripts/build.sh"
+cotforge_build
 BIN="$ROOT/target/release/cotforge"
 
 case "$WHAT" in
   engine)
-    build_llama_tools
+    # Two llama.cpp baselines from the same source: portable (GGML_NATIVE=OFF,
+    # what llama-cpp-sys-2 builds without target-cpu=native) and native.
+    build_llama_tools portable
+    build_llama_tools native
+    NATIVE_BIN="$(llama_tools_bin native)"
     "$BIN" bench engine --model "$MODEL" --threads "$THREADS" --rounds "$ROUNDS" \
       --batched-bench "$TOOLS_BIN/llama-batched-bench" --perplexity "$TOOLS_BIN/llama-perplexity" \
+      --native-batched-bench "$NATIVE_BIN/llama-batched-bench" --native-perplexity "$NATIVE_BIN/llama-perplexity" \
       --llama-cpp-source "llama-cpp-python==$LCP_VERSION (vendor/llama.cpp)" \
-      --json "$OUT/engine.json"
+      --cotforge-build "$COTFORGE_BUILD_CPU" --json "$OUT/engine.json"
     ;;
   search|accuracy)
     # Settings in benches/data/search.toml; n_parallel 8, THREADS threads.

@@ -58,9 +58,21 @@ pub struct EngineBenchArgs {
     /// Path of llama.cpp's llama-perplexity.
     #[arg(long)]
     pub perplexity: PathBuf,
+    /// A second llama-batched-bench, built with GGML_NATIVE=ON (the build a
+    /// llama.cpp user has; `scripts/llama-tools.sh native`), alternated with the
+    /// rest and given its own ratio column.
+    #[arg(long, requires = "native_perplexity")]
+    pub native_batched_bench: Option<PathBuf>,
+    /// The llama-perplexity of that native build.
+    #[arg(long, requires = "native_batched_bench")]
+    pub native_perplexity: Option<PathBuf>,
     /// Where the baseline llama.cpp came from (recorded in the JSON).
     #[arg(long, default_value = "unknown")]
     pub llama_cpp_source: String,
+    /// How cotforge itself was built (scripts/build.sh: native, portable or
+    /// custom), printed and recorded in the JSON.
+    #[arg(long, default_value = "unknown")]
+    pub cotforge_build: String,
     /// Text scored by both sides (needs at least 2 chunks of 512 tokens).
     #[arg(long, default_value = "benches/data/score.txt")]
     pub score_text: PathBuf,
@@ -206,6 +218,26 @@ fn tool_version(bin: &Path) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// One llama.cpp build the engine bench compares against.
+struct Baseline<'a> {
+    name: &'static str,
+    batched_bench: &'a Path,
+    perplexity: &'a Path,
+    /// S_TG per parallel level, one entry per round.
+    tg: Vec<Vec<(usize, f64)>>,
+    /// llama-perplexity tokens/s, one per round.
+    ppl: Vec<f64>,
+}
+
+impl Baseline<'_> {
+    fn tg_rounds(&self, p: usize) -> Vec<f64> {
+        self.tg
+            .iter()
+            .filter_map(|r| r.iter().find(|(b, _)| *b == p).map(|x| x.1))
+            .collect()
+    }
+}
+
 #[cfg(feature = "llama")]
 fn engine(a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
     use crate::engine::{bench, ChatMessage, Engine, LlamaConfig, LlamaEngine};
@@ -243,85 +275,166 @@ fn engine(a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
     .map(|s| s.to_string())
     .collect();
 
-    let mut bb: Vec<Vec<(usize, f64)>> = Vec::new();
+    let mut baselines = vec![Baseline {
+        name: "portable",
+        batched_bench: &a.batched_bench,
+        perplexity: &a.perplexity,
+        tg: Vec::new(),
+        ppl: Vec::new(),
+    }];
+    if let (Some(bb), Some(ppl)) = (&a.native_batched_bench, &a.native_perplexity) {
+        baselines.push(Baseline {
+            name: "native",
+            batched_bench: bb,
+            perplexity: ppl,
+            tg: Vec::new(),
+            ppl: Vec::new(),
+        });
+    }
     let mut ours: Vec<Vec<bench::DecodeRun>> = Vec::new();
-    let mut ppl: Vec<f64> = Vec::new();
     let mut score: Vec<bench::ScoreRun> = Vec::new();
+    let cfg = LlamaConfig {
+        model: a.model.clone(),
+        n_ctx: 8192,
+        n_batch: 2048,
+        n_ubatch: 512,
+        n_parallel: pmax,
+        n_seq_max: pmax.max(2),
+        threads: a.threads,
+        ..Default::default()
+    };
+    let score_cfg = LlamaConfig {
+        n_ctx: 512,
+        n_batch: 512,
+        n_ubatch: 512,
+        n_parallel: 1,
+        n_seq_max: 1,
+        ..cfg.clone()
+    };
     for round in 1..=a.rounds {
-        eprintln!("round {round}/{}: llama-batched-bench", a.rounds);
-        bb.push(parse_batched_bench(&run_tool(&a.batched_bench, &bb_args)?)?);
-        eprintln!("round {round}/{}: cotforge decode", a.rounds);
-        let cfg = LlamaConfig {
-            model: a.model.clone(),
-            n_ctx: 8192,
-            n_batch: 2048,
-            n_ubatch: 512,
-            n_parallel: pmax,
-            n_seq_max: pmax.max(2),
-            threads: a.threads,
-            ..Default::default()
+        // Alternate who goes first, so a drift in the machine's load over a
+        // round does not favour one side.
+        let ours_first = round % 2 == 0;
+        let mut decode_ours = || -> anyhow::Result<()> {
+            eprintln!("round {round}/{}: cotforge decode", a.rounds);
+            let mut e = LlamaEngine::load(&cfg)?;
+            // The prompt: real text, npp tokens, like batched-bench's synthetic prompt.
+            let msg = e.apply_chat_template(&[ChatMessage::new("user", &text)])?;
+            let toks = e.tokenize(&msg, true)?;
+            anyhow::ensure!(
+                toks.len() >= a.npp,
+                "score text too short for npp {}",
+                a.npp
+            );
+            let prompt = &toks[..a.npp];
+            let mut r = Vec::new();
+            for &p in &a.parallel {
+                r.push(bench::decode(&mut e, prompt, p, a.ntg, round as u64)?);
+            }
+            ours.push(r);
+            Ok(())
         };
-        let mut e = LlamaEngine::load(&cfg)?;
-        // The prompt: real text, npp tokens, like batched-bench's synthetic prompt.
-        let msg = e.apply_chat_template(&[ChatMessage::new("user", &text)])?;
-        let toks = e.tokenize(&msg, true)?;
-        anyhow::ensure!(
-            toks.len() >= a.npp,
-            "score text too short for npp {}",
-            a.npp
-        );
-        let prompt = &toks[..a.npp];
-        let mut r = Vec::new();
-        for &p in &a.parallel {
-            r.push(bench::decode(&mut e, prompt, p, a.ntg, round as u64)?);
+        if ours_first {
+            decode_ours()?;
         }
-        ours.push(r);
-        drop(e);
-        eprintln!("round {round}/{}: llama-perplexity", a.rounds);
-        ppl.push(parse_perplexity(&run_tool(&a.perplexity, &ppl_args)?)?);
-        eprintln!("round {round}/{}: cotforge score", a.rounds);
-        let cfg = LlamaConfig {
-            n_ctx: 512,
-            n_batch: 512,
-            n_ubatch: 512,
-            n_parallel: 1,
-            n_seq_max: 1,
-            ..cfg
+        for b in baselines.iter_mut() {
+            eprintln!(
+                "round {round}/{}: llama-batched-bench ({})",
+                a.rounds, b.name
+            );
+            b.tg.push(parse_batched_bench(&run_tool(b.batched_bench, &bb_args)?)?);
+        }
+        if !ours_first {
+            decode_ours()?;
+        }
+        let mut score_ours = || -> anyhow::Result<()> {
+            eprintln!("round {round}/{}: cotforge score", a.rounds);
+            let mut e = LlamaEngine::load(&score_cfg)?;
+            let toks = e.tokenize(&text, true)?;
+            score.push(bench::score(&mut e, &toks, 512)?);
+            Ok(())
         };
-        let mut e = LlamaEngine::load(&cfg)?;
-        let toks = e.tokenize(&text, true)?;
-        score.push(bench::score(&mut e, &toks, 512)?);
+        if ours_first {
+            score_ours()?;
+        }
+        for b in baselines.iter_mut() {
+            eprintln!("round {round}/{}: llama-perplexity ({})", a.rounds, b.name);
+            b.ppl
+                .push(parse_perplexity(&run_tool(b.perplexity, &ppl_args)?)?);
+        }
+        if !ours_first {
+            score_ours()?;
+        }
     }
     let _ = std::fs::remove_file(&ppl_text);
 
-    println!("engine benchmark: {} rounds alternated, {} threads, npp {} ntg {}, unified KV on both sides", a.rounds, a.threads, a.npp, a.ntg);
-    println!("| parallel | llama-batched-bench S_TG t/s | cotforge decode t/s | ratio | cotforge decode share |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "engine benchmark: {} rounds alternated, {} threads, npp {} ntg {}, unified KV on both sides; \
+         cotforge build: {}; llama.cpp builds: {}",
+        a.rounds,
+        a.threads,
+        a.npp,
+        a.ntg,
+        a.cotforge_build,
+        baselines.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+    );
+    let mut head = String::from("| parallel |");
+    let mut rule = String::from("|---|");
+    for b in &baselines {
+        head += &format!(" llama-batched-bench ({}) S_TG t/s |", b.name);
+        rule += "---|";
+    }
+    head += " cotforge decode t/s |";
+    rule += "---|";
+    for b in &baselines {
+        head += &format!(" ratio vs {} |", b.name);
+        rule += "---|";
+    }
+    println!("{head} cotforge decode share |");
+    println!("{rule}---|");
     let mut decode_json = serde_json::Map::new();
-    let mut ratios = Vec::new();
     for (i, &p) in a.parallel.iter().enumerate() {
-        let base = median(
-            bb.iter()
-                .filter_map(|r| r.iter().find(|(b, _)| *b == p).map(|x| x.1))
-                .collect(),
-        );
-        let mine = median(ours.iter().map(|r| r[i].tg_tps).collect());
+        let mine_rounds: Vec<f64> = ours.iter().map(|r| r[i].tg_tps).collect();
+        let mine = median(mine_rounds.clone());
         let share = median(ours.iter().map(|r| r[i].tg_decode_share).collect());
-        let ratio = mine / base;
-        ratios.push((p, ratio));
-        println!("| {p} | {base:.1} | {mine:.1} | {ratio:.3} | {share:.3} |");
-        decode_json.insert(
-            p.to_string(),
-            json!({"llama_batched_bench_tg": base, "cotforge": mine, "ratio": ratio, "decode_share": share,
-                   "rounds_baseline": bb.iter().filter_map(|r| r.iter().find(|(b, _)| *b == p).map(|x| x.1)).collect::<Vec<_>>(),
-                   "rounds_cotforge": ours.iter().map(|r| r[i].tg_tps).collect::<Vec<_>>()}),
+        let mut row = format!("| {p} |");
+        let mut ratios = String::new();
+        let mut entry = serde_json::Map::new();
+        for b in &baselines {
+            let rounds = b.tg_rounds(p);
+            let base = median(rounds.clone());
+            row += &format!(" {base:.1} |");
+            ratios += &format!(" {:.3} |", mine / base);
+            entry.insert(
+                b.name.into(),
+                json!({"llama_batched_bench_tg": base, "ratio": mine / base, "rounds": rounds}),
+            );
+        }
+        println!("{row} {mine:.1} |{ratios} {share:.3} |");
+        entry.insert(
+            "cotforge".into(),
+            json!({"tg": mine, "decode_share": share, "rounds": mine_rounds}),
+        );
+        decode_json.insert(p.to_string(), entry.into());
+    }
+    let score_rounds: Vec<f64> = score.iter().map(|s| s.tps).collect();
+    let mine = median(score_rounds.clone());
+    let mut score_json = serde_json::Map::new();
+    for b in &baselines {
+        let base = median(b.ppl.clone());
+        println!(
+            "| scoring | llama-perplexity ({}) {base:.1} t/s | cotforge score {mine:.1} t/s | ratio {:.3} |",
+            b.name,
+            mine / base
+        );
+        score_json.insert(
+            b.name.into(),
+            json!({"llama_perplexity": base, "ratio": mine / base, "rounds": b.ppl}),
         );
     }
-    let base = median(ppl.clone());
-    let mine = median(score.iter().map(|s| s.tps).collect());
-    println!(
-        "| scoring | llama-perplexity {base:.1} t/s | cotforge score {mine:.1} t/s | {:.3} | |",
-        mine / base
+    score_json.insert(
+        "cotforge".into(),
+        json!({"tps": mine, "rounds": score_rounds, "tokens": score.first().map(|s| s.tokens)}),
     );
     let doc = json!({
         "model": a.model.display().to_string(),
@@ -329,11 +442,11 @@ fn engine(a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
         "rounds": a.rounds,
         "npp": a.npp, "ntg": a.ntg,
         "cotforge_llama_cpp": "llama-cpp-2 =0.1.160 / llama-cpp-sys-2 =0.1.161 (vendored llama.cpp)",
-        "baseline_llama_cpp": format!("{} ; {}", a.llama_cpp_source, tool_version(&a.batched_bench)),
+        "cotforge_build": a.cotforge_build,
+        "baseline_llama_cpp": baselines.iter().map(|b| (b.name.to_string(),
+            json!(format!("{} ; {}", a.llama_cpp_source, tool_version(b.batched_bench))))).collect::<serde_json::Map<_, _>>(),
         "decode_tps": decode_json,
-        "score_tps": {"llama_perplexity": base, "cotforge": mine, "ratio": mine / base,
-                      "rounds_baseline": ppl, "rounds_cotforge": score.iter().map(|s| s.tps).collect::<Vec<_>>(),
-                      "tokens": score.first().map(|s| s.tokens)},
+        "score_tps": score_json,
     });
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&doc)?)
