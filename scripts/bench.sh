@@ -12,7 +12,8 @@
 #   scripts/bench.sh store    # ingest + shard write of 1,000,000 synthetic rows
 #   scripts/bench.sh dedup    # MinHash dedup of 1,000,000 synthetic chains
 #
-# Environment: THREADS (default 2), ROUNDS (default 3), OUT (default target/bench);
+# Environment: THREADS (default 2), ROUNDS (default 3), OUT (default target/bench),
+# NO_SCORE=1 (engine: decode only, no llama-perplexity comparison);
 # cotforge is built as scripts/build.sh builds it (native unless COTFORGE_NATIVE=0).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,7 +51,7 @@ case "$WHAT" in
       --batched-bench "$TOOLS_BIN/llama-batched-bench" --perplexity "$TOOLS_BIN/llama-perplexity" \
       --native-batched-bench "$NATIVE_BIN/llama-batched-bench" --native-perplexity "$NATIVE_BIN/llama-perplexity" \
       --llama-cpp-source "llama-cpp-python==$LCP_VERSION (vendor/llama.cpp)" \
-      --cotforge-build "$COTFORGE_BUILD_CPU" --json "$OUT/engine.json"
+      --cotforge-build "$COTFORGE_BUILD_CPU" ${NO_SCORE:+--no-score} --json "$OUT/engine.json"
     ;;
   search|accuracy)
     # Settings in benches/data/search.toml; n_parallel 8, THREADS threads.

@@ -76,6 +76,10 @@ pub struct EngineBenchArgs {
     /// Text scored by both sides (needs at least 2 chunks of 512 tokens).
     #[arg(long, default_value = "benches/data/score.txt")]
     pub score_text: PathBuf,
+    /// Decode only: skip the scoring comparison (llama-perplexity), which
+    /// takes about as long as the decode part on a busy machine.
+    #[arg(long)]
+    pub no_score: bool,
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
@@ -347,6 +351,26 @@ fn engine(a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
         if !ours_first {
             decode_ours()?;
         }
+        // Each round's figures as they come, so a cut-short run still tells.
+        let last = |b: &Baseline| {
+            b.tg.last()
+                .map(|r| r.iter().map(|x| x.1).collect::<Vec<_>>())
+        };
+        eprintln!(
+            "round {round}/{} S_TG at {npl}: {}, cotforge {:.1?}",
+            a.rounds,
+            baselines
+                .iter()
+                .map(|b| format!("{} {:.1?}", b.name, last(b).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ours.last()
+                .map(|r| r.iter().map(|d| d.tg_tps).collect::<Vec<_>>())
+                .unwrap_or_default()
+        );
+        if a.no_score {
+            continue;
+        }
         let mut score_ours = || -> anyhow::Result<()> {
             eprintln!("round {round}/{}: cotforge score", a.rounds);
             let mut e = LlamaEngine::load(&score_cfg)?;
@@ -420,7 +444,7 @@ fn engine(a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
     let score_rounds: Vec<f64> = score.iter().map(|s| s.tps).collect();
     let mine = median(score_rounds.clone());
     let mut score_json = serde_json::Map::new();
-    for b in &baselines {
+    for b in baselines.iter().filter(|_| !a.no_score) {
         let base = median(b.ppl.clone());
         println!(
             "| scoring | llama-perplexity ({}) {base:.1} t/s | cotforge score {mine:.1} t/s | ratio {:.3} |",
