@@ -31,8 +31,9 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 # built once from the llama.cpp tree vendored in the llama-cpp-python sdist.
 # shellcheck source=scripts/llama-tools.sh
 . "$ROOT/scripts/llama-tools.sh"
-build_llama_tools() { llama_tools_build "${1:-portable}" || exit 1; }
-TOOLS_BIN="$(llama_tools_bin portable)"
+# Default variant "auto": the CPU flags cotforge is built with (scripts/build.sh).
+build_llama_tools() { llama_tools_build "${1:-auto}" || exit 1; }
+TOOLS_BIN="$(llama_tools_bin auto)"
 
 [ -f "$MODEL" ] || scripts/setup.sh
 # shellcheck source=scripts/build.sh
@@ -46,9 +47,10 @@ case "$WHAT" in
     # what llama-cpp-sys-2 builds without target-cpu=native) and native.
     build_llama_tools portable
     build_llama_tools native
+    PORTABLE_BIN="$(llama_tools_bin portable)"
     NATIVE_BIN="$(llama_tools_bin native)"
     "$BIN" bench engine --model "$MODEL" --threads "$THREADS" --rounds "$ROUNDS" \
-      --batched-bench "$TOOLS_BIN/llama-batched-bench" --perplexity "$TOOLS_BIN/llama-perplexity" \
+      --batched-bench "$PORTABLE_BIN/llama-batched-bench" --perplexity "$PORTABLE_BIN/llama-perplexity" \
       --native-batched-bench "$NATIVE_BIN/llama-batched-bench" --native-perplexity "$NATIVE_BIN/llama-perplexity" \
       --llama-cpp-source "llama-cpp-python==$LCP_VERSION (vendor/llama.cpp)" \
       --cotforge-build "$COTFORGE_BUILD_CPU" ${NO_SCORE:+--no-score} --json "$OUT/engine.json"

@@ -33,7 +33,8 @@ fi
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 # llama-server for the HTTP engine tests: built once from the llama-cpp-python
-# sdist's llama.cpp (about 5-9 minutes on 2 cores), cached under target/.
+# sdist's llama.cpp (about 5-9 minutes on 2 cores), cached under target/, with
+# cotforge's own CPU flags (variant auto), so both engines run the same kernels.
 log "llama-server (scripts/llama-tools.sh)"
 scripts/llama-tools.sh >/dev/null
 
