@@ -125,7 +125,7 @@ pub struct ShardWorkerArgs {
     pub seeds: Vec<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
-    /// Defaults from SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN) or JOB_COMPLETION_INDEX.
+    /// Defaults from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
     #[arg(long)]
     pub shard_index: Option<u32>,
     /// Defaults from COTFORGE_NUM_SHARDS or SLURM_ARRAY_TASK_COUNT, else 1.
