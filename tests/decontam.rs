@@ -368,6 +368,18 @@ fn bench_of(out: &Path, path: &Path) -> Vec<String> {
     chosen
 }
 
+/// `cotforge decontaminate OUT --against BENCH --column question`.
+fn decontaminate_args<'a>(out: &'a Path, bench: &'a Path) -> [&'a str; 6] {
+    [
+        "decontaminate",
+        out.to_str().unwrap(),
+        "--against",
+        bench.to_str().unwrap(),
+        "--column",
+        "question",
+    ]
+}
+
 fn final_bytes(out: &Path) -> Vec<Vec<u8>> {
     ["final/chains.parquet", &format!("final/{REJECTS_FILE}")]
         .iter()
@@ -388,14 +400,7 @@ fn decontaminate_command_switches_a_finalized_output_and_a_killed_run_converges(
     let expected = before.iter().filter(|c| chosen.contains(&c.prompt)).count();
     assert!(expected >= 2);
 
-    let text = run_ok(&[
-        "decontaminate",
-        out.to_str().unwrap(),
-        "--against",
-        bench.to_str().unwrap(),
-        "--column",
-        "question",
-    ]);
+    let text = run_ok(&decontaminate_args(&out, &bench));
     assert!(
         text.starts_with(&format!("{expected} rows flagged")),
         "{text}"
@@ -422,14 +427,7 @@ fn decontaminate_command_switches_a_finalized_output_and_a_killed_run_converges(
     let done = final_bytes(&out);
 
     // Rerun: nothing new, nothing rewritten, the index reused.
-    let text = run_ok(&[
-        "decontaminate",
-        out.to_str().unwrap(),
-        "--against",
-        bench.to_str().unwrap(),
-        "--column",
-        "question",
-    ]);
+    let text = run_ok(&decontaminate_args(&out, &bench));
     assert!(
         text.starts_with("0 rows flagged") && text.contains("reused"),
         "{text}"
@@ -446,14 +444,7 @@ fn decontaminate_command_switches_a_finalized_output_and_a_killed_run_converges(
     {
         let copy = dir.path().join(format!("killed-{k}"));
         common::copy_dir(&pristine, &copy);
-        let args = [
-            "decontaminate",
-            copy.to_str().unwrap(),
-            "--against",
-            bench.to_str().unwrap(),
-            "--column",
-            "question",
-        ];
+        let args = decontaminate_args(&copy, &bench);
         let o = Command::new(BIN)
             .args(args)
             .env("COTFORGE_CRASH_AT", point)

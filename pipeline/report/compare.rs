@@ -261,6 +261,26 @@ pub fn compare(a: &Summary, b: &Summary, a_label: &str, b_label: &str) -> Compar
     }
 }
 
+/// Column headers of the four comparison tables (terminal and report).
+pub const METRIC_HEADERS: [&str; 5] = ["metric", "scope", "A", "B", "change"];
+pub const KS_HEADERS: [&str; 7] = [
+    "distribution",
+    "n A",
+    "n B",
+    "mean A",
+    "mean B",
+    "KS D",
+    "p-value",
+];
+pub const REASON_HEADERS: [&str; 6] = ["stage", "reason", "recipe", "A", "B", "change"];
+pub const OVERLAP_HEADERS: [&str; 5] = [
+    "shipped prompts A",
+    "B",
+    "in both",
+    "share of B shipped by A",
+    "Jaccard",
+];
+
 fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "-".into(), |x| format!("{x:.prec$}"))
 }
@@ -330,52 +350,32 @@ impl Comparison {
         ]
     }
 
-    /// The terminal tables of `cotforge compare`.
-    pub fn table(&self) -> String {
-        let mut out = format!("A = {}\nB = {}\n\n", self.a_label, self.b_label);
-        let rows: Vec<Vec<String>> = self
-            .metrics
+    /// Rows of the headline table: metric, scope, A, B, change.
+    pub fn metric_rows(&self) -> Vec<Vec<String>> {
+        self.metrics
             .iter()
             .map(|m| {
                 let [a, b, c] = m.cells();
                 vec![m.name.to_string(), m.scope.clone(), a, b, c]
             })
-            .collect();
-        out.push_str(&table(&["metric", "scope", "A", "B", "change"], &rows));
+            .collect()
+    }
+
+    /// The terminal tables of `cotforge compare`.
+    pub fn table(&self) -> String {
+        let mut out = format!("A = {}\nB = {}\n\n", self.a_label, self.b_label);
+        out.push_str(&table(&METRIC_HEADERS, &self.metric_rows()));
         out.push('\n');
-        out.push_str(&table(
-            &[
-                "distribution",
-                "n A",
-                "n B",
-                "mean A",
-                "mean B",
-                "KS D",
-                "p-value",
-            ],
-            &self.distribution_rows(),
-        ));
+        out.push_str(&table(&KS_HEADERS, &self.distribution_rows()));
         out.push('\n');
         let reasons = self.reason_rows();
         if reasons.is_empty() {
             out.push_str("reject reasons: none in either night\n");
         } else {
-            out.push_str(&table(
-                &["stage", "reason", "recipe", "A", "B", "change"],
-                &reasons,
-            ));
+            out.push_str(&table(&REASON_HEADERS, &reasons));
         }
         out.push('\n');
-        out.push_str(&table(
-            &[
-                "shipped prompts A",
-                "B",
-                "in both",
-                "share of B shipped by A",
-                "Jaccard",
-            ],
-            &[self.overlap_row()],
-        ));
+        out.push_str(&table(&OVERLAP_HEADERS, &[self.overlap_row()]));
         out
     }
 }

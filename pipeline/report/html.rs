@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use super::compare::Comparison;
 use super::gate::GateOutcome;
 use super::viewer::{script_json, ViewerData};
-use super::{quantiles, Headline, Summary};
+use super::{quantiles, Summary};
 
 const VIEWER_JS: &str = include_str!("viewer.js");
 const VIEWER_CSS: &str = include_str!("viewer.css");
@@ -345,51 +345,12 @@ pub fn html_table(id: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
     t
 }
 
-fn pct(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), |x| format!("{:.1}%", 100.0 * x))
-}
-
-fn headline_rows(s: &Summary) -> Vec<Vec<String>> {
-    let row = |name: &str, h: &Headline| {
-        vec![
-            name.to_string(),
-            h.shipped.to_string(),
-            h.rejected.to_string(),
-            pct(h.reject_share()),
-            match h.verified_share() {
-                Some(v) => format!("{:.1}% of {}", 100.0 * v, h.checked),
-                None => "- (no reference)".into(),
-            },
-            format!("{} ({}/{})", pct(h.coverage()), h.covered, h.seeds),
-            h.chains_per_seed()
-                .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
-            h.tokens_mean
-                .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
-            h.tokens_p50
-                .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
-        ]
-    };
-    let mut rows = vec![row("all", &s.overall)];
-    rows.extend(s.headline.iter().map(|(r, h)| row(r, h)));
-    rows
-}
-
 fn headline_section(s: &Summary) -> String {
     let mut body = String::from("<section id=\"headline\"><h2>What to read first</h2>");
     body.push_str(&html_table(
         "headline-table",
-        &[
-            "recipe",
-            "shipped",
-            "rejected",
-            "reject share",
-            "verified share",
-            "seed coverage",
-            "chains / seed",
-            "tokens / chain (mean)",
-            "(p50)",
-        ],
-        &headline_rows(s),
+        &super::HEADLINE_HEADERS,
+        &s.headline_rows(),
     ));
     match &s.throughput {
         Some(t) => {
@@ -451,6 +412,7 @@ fn gate_section(g: &GateOutcome) -> String {
 }
 
 fn compare_section(c: &Comparison) -> String {
+    use super::compare::{KS_HEADERS, METRIC_HEADERS, OVERLAP_HEADERS, REASON_HEADERS};
     let mut body = String::from("<section id=\"compare\"><h2>Night over night</h2>");
     let _ = write!(
         body,
@@ -458,51 +420,50 @@ fn compare_section(c: &Comparison) -> String {
         esc(&c.a_label),
         esc(&c.b_label)
     );
-    let rows: Vec<Vec<String>> = c
-        .metrics
-        .iter()
-        .map(|m| {
-            let [a, b, ch] = m.cells();
-            vec![m.name.to_string(), m.scope.clone(), a, b, ch]
-        })
-        .collect();
     body.push_str(&html_table(
         "compare-metrics",
-        &["metric", "scope", "A", "B", "change"],
-        &rows,
+        &METRIC_HEADERS,
+        &c.metric_rows(),
     ));
     body.push_str("<h3>Distributions (two-sample Kolmogorov–Smirnov)</h3>");
     body.push_str(&html_table(
         "compare-ks",
-        &[
-            "distribution",
-            "n A",
-            "n B",
-            "mean A",
-            "mean B",
-            "KS D",
-            "p-value",
-        ],
+        &KS_HEADERS,
         &c.distribution_rows(),
     ));
     let bins = 20;
-    body.push_str(&bar_chart(
+    let overlay = |id: &str,
+                   title: &str,
+                   labels: &[String],
+                   hist: &dyn Fn(&[f64]) -> Vec<f64>,
+                   a: &[f64],
+                   b: &[f64]| {
+        bar_chart(
+            id,
+            title,
+            "chains",
+            labels,
+            &[
+                Series {
+                    name: "A (previous)",
+                    color: BLUE,
+                    values: hist(a),
+                },
+                Series {
+                    name: "B (this night)",
+                    color: GREEN,
+                    values: hist(b),
+                },
+            ],
+        )
+    };
+    body.push_str(&overlay(
         "plot-compare-reward",
         "Reward of shipped chains, A vs B",
-        "chains",
         &bin_labels(0.0, 1.0, bins, false),
-        &[
-            Series {
-                name: "A (previous)",
-                color: BLUE,
-                values: histogram(&c.reward_a, 0.0, 1.0, bins),
-            },
-            Series {
-                name: "B (this night)",
-                color: GREEN,
-                values: histogram(&c.reward_b, 0.0, 1.0, bins),
-            },
-        ],
+        &|v| histogram(v, 0.0, 1.0, bins),
+        &c.reward_a,
+        &c.reward_b,
     ));
     let tmax = c
         .tokens_a
@@ -511,40 +472,24 @@ fn compare_section(c: &Comparison) -> String {
         .copied()
         .fold(0.0, f64::max);
     let thi = nice_max(tmax.max(1.0));
-    body.push_str(&bar_chart(
+    body.push_str(&overlay(
         "plot-compare-tokens",
         "Tokens per shipped chain, A vs B",
-        "chains",
         &bin_labels(0.0, thi, bins, true),
-        &[
-            Series {
-                name: "A (previous)",
-                color: BLUE,
-                values: histogram(&c.tokens_a, 0.0, thi, bins),
-            },
-            Series {
-                name: "B (this night)",
-                color: GREEN,
-                values: histogram(&c.tokens_b, 0.0, thi, bins),
-            },
-        ],
+        &|v| histogram(v, 0.0, thi, bins),
+        &c.tokens_a,
+        &c.tokens_b,
     ));
     body.push_str("<h3>Reject reasons</h3>");
     body.push_str(&html_table(
         "compare-reasons",
-        &["stage", "reason", "recipe", "A", "B", "change"],
+        &REASON_HEADERS,
         &c.reason_rows(),
     ));
     body.push_str("<h3>Prompt overlap</h3>");
     body.push_str(&html_table(
         "compare-overlap",
-        &[
-            "shipped prompts A",
-            "B",
-            "in both",
-            "share of B shipped by A",
-            "Jaccard",
-        ],
+        &OVERLAP_HEADERS,
         &[c.overlap_row()],
     ));
     body.push_str("</section>");

@@ -361,23 +361,16 @@ impl Summary {
         Ok(OutData::read(dir)?.summary())
     }
 
-    /// The headline table: one row for the run, one per recipe.
-    pub fn headline_table(&self) -> String {
+    /// Rows of the headline table: the run, then each recipe.
+    pub fn headline_rows(&self) -> Vec<Vec<String>> {
         let mut rows = vec![headline_row("all", &self.overall)];
         rows.extend(self.headline.iter().map(|(r, h)| headline_row(r, h)));
-        let mut out = table(
-            &[
-                "recipe",
-                "shipped",
-                "rejected",
-                "reject share",
-                "verified share",
-                "seed coverage",
-                "chains/seed",
-                "tokens/chain (mean, p50)",
-            ],
-            &rows,
-        );
+        rows
+    }
+
+    /// The headline table: one row for the run, one per recipe.
+    pub fn headline_table(&self) -> String {
+        let mut out = table(&HEADLINE_HEADERS, &self.headline_rows());
         match &self.throughput {
             Some(t) => out.push_str(&format!(
                 "throughput: {:.2} chains/s, {:.0} tokens/s per worker ({} metrics series, {:.1} s busy, {:.1} s span)\n",
@@ -470,6 +463,18 @@ impl Summary {
         out
     }
 }
+
+/// Columns of the headline table (stats and report).
+pub const HEADLINE_HEADERS: [&str; 8] = [
+    "recipe",
+    "shipped",
+    "rejected",
+    "reject share",
+    "verified share",
+    "seed coverage",
+    "chains/seed",
+    "tokens/chain (mean, p50)",
+];
 
 fn opt_pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |x| format!("{:.1}%", 100.0 * x))
