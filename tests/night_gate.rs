@@ -72,7 +72,7 @@ fn a_degraded_night_is_stopped_by_the_gate_and_a_good_one_ships() {
         std::fs::read(b.join("final/chains.parquet")).unwrap()
     );
     let report = std::fs::read_to_string(b.join("final/report.html")).unwrap();
-    assert!(report.contains("id=\"compare\"") && report.contains("class=\"gate pass\""));
+    assert!(report.contains("id=\"night-over-night\"") && report.contains("class=\"gate pass\""));
     assert!(report.contains("id=\"plot-compare-reward\""));
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(b.join("final/run-metrics.json")).unwrap())

@@ -413,7 +413,7 @@ fn gate_section(g: &GateOutcome) -> String {
 
 fn compare_section(c: &Comparison) -> String {
     use super::compare::{KS_HEADERS, METRIC_HEADERS, OVERLAP_HEADERS, REASON_HEADERS};
-    let mut body = String::from("<section id=\"compare\"><h2>Night over night</h2>");
+    let mut body = String::from("<section id=\"night-over-night\"><h2>Night over night</h2>");
     let _ = write!(
         body,
         "<p>A = <code>{}</code> (previous), B = <code>{}</code> (this night).</p>",
