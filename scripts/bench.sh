@@ -8,6 +8,7 @@
 #   scripts/bench.sh accuracy # the same on 50 GSM8K train questions (the accuracy study)
 #   scripts/bench.sh store    # ingest + shard write of 1,000,000 synthetic rows
 #   scripts/bench.sh dedup    # MinHash dedup of 1,000,000 synthetic chains
+#   scripts/bench.sh decontam # 13-gram decontamination of 1,000,000 chains against 10,000 benchmark items
 #
 # Environment: THREADS (default 2), ROUNDS (default 3), OUT (default target/bench).
 set -euo pipefail
@@ -76,6 +77,9 @@ case "$WHAT" in
   dedup)
     cargo bench --bench dedup
     ;;
+  decontam)
+    cargo bench --bench decontam
+    ;;
   *)
-    echo "usage: scripts/bench.sh engine|search|accuracy|store|dedup" >&2; exit 2 ;;
+    echo "usage: scripts/bench.sh engine|search|accuracy|store|dedup|decontam" >&2; exit 2 ;;
 esac

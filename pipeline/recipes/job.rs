@@ -132,6 +132,12 @@ pub struct JobFile {
     pub dedup: DedupSection,
     #[serde(default)]
     pub export: ExportSection,
+    /// `[decontaminate]`: n-gram overlap with benchmark files, applied in finalize.
+    #[serde(default)]
+    pub decontaminate: Option<crate::stages::decontam::DecontamConfig>,
+    /// `[gate]`: bounds that make finalize mark the output not shippable.
+    #[serde(default)]
+    pub gate: Option<crate::report::gate::GateConfig>,
 }
 
 fn one() -> u32 {
@@ -355,6 +361,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
         .options
         .validate()
         .map_err(|x| e("export.options", None, x.to_string()))?;
+    if let Some(d) = &file.decontaminate {
+        d.validate()
+            .map_err(|x| e("decontaminate", None, x.to_string()))?;
+    }
+    if let Some(g) = &file.gate {
+        g.validate().map_err(|x| e("gate", None, x))?;
+    }
     Ok(Job {
         path: path.to_path_buf(),
         fingerprint: blake3::hash(text.as_bytes()).to_hex().to_string(),

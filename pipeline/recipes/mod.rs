@@ -33,6 +33,8 @@ pub enum RecipeError {
     Stage(#[from] crate::stages::StageError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     #[error("interrupted by a signal; the journal is flushed, rerun the same command to resume")]
     Interrupted,
 }

@@ -12,7 +12,7 @@ use crate::record::{Chain, Recipe, Reject, Seed};
 use crate::stages::filter::FilterChain;
 use crate::store::ingest::{Ingest, IngestOptions};
 use crate::store::manifest::{job_created_at, ShardPaths};
-use crate::store::parquet_io::{commit_bytes, read_parquet, write_parquet, WriteOptions};
+use crate::store::parquet_io::{read_parquet, write_parquet, WriteOptions};
 use crate::store::schema::{
     batch_to_chains, batch_to_rejects, chains_schema, chains_to_batch, rejects_schema,
     rejects_to_batch,
@@ -55,6 +55,8 @@ pub struct FinalSummary {
     pub export_rows: usize,
     pub report: PathBuf,
     pub stats: String,
+    /// The `[gate]` verdict (None: no gate); a failed one means not shippable.
+    pub gate: Option<crate::report::gate::GateOutcome>,
 }
 
 /// Progress bar, periodic log lines and metrics samples of one shard run.
@@ -465,6 +467,15 @@ pub fn finalize(job: &Job) -> Result<FinalSummary, RecipeError> {
         row_group_rows: job.file.store.row_group_rows,
         ..WriteOptions::default()
     };
+    // Decontamination (after dedup, before anything is shipped): writes final/rejected-decontaminate.parquet.
+    rejects.extend(crate::stages::decontam::finalize_step(
+        job.file.decontaminate.as_ref(),
+        job.file.dedup.index.as_deref(),
+        out,
+        &final_dir,
+        &mut chains,
+        &wopts,
+    )?);
     write_parquet(
         &final_dir.join("chains.parquet"),
         chains_schema(),
@@ -485,41 +496,23 @@ pub fn finalize(job: &Job) -> Result<FinalSummary, RecipeError> {
         let s = crate::stages::export::export(&chains, &export_dir, &job.file.export.options)?;
         export_rows = s.rows();
     }
-    let metrics = read_metrics(&out.join("metrics"));
-    let summary = crate::report::Summary::build(&chains, &rejects, &metrics);
-    let stats = summary.table();
-    commit_bytes(&final_dir.join("stats.txt"), stats.as_bytes())?;
-    let report = final_dir.join("report.html");
-    let html = crate::report::html::render(
-        &summary,
+    let fin = crate::report::finals::FinalReport::build(
+        out,
+        &chains,
+        &rejects,
         &format!("cotforge report: {}", job.path.display()),
-    );
-    commit_bytes(&report, html.as_bytes())?;
+        job.file.gate.as_ref(),
+    )?;
+    let report = fin.write(&final_dir)?;
+    // The gate last: SHIPPABLE, or GATE_FAILED with the reasons.
+    let gate = fin.mark(&final_dir)?;
     Ok(FinalSummary {
         chains: chains.len(),
         duplicates: before - chains.len(),
         export_dir,
         export_rows,
         report,
-        stats,
+        stats: fin.stats,
+        gate,
     })
-}
-
-fn read_metrics(dir: &Path) -> Vec<crate::report::MetricsSample> {
-    let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return v;
-    };
-    let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-    dirs.sort();
-    for d in dirs {
-        if let Ok(text) = std::fs::read_to_string(d.join("metrics.jsonl")) {
-            v.extend(
-                text.lines()
-                    .filter_map(|l| serde_json::from_str::<crate::report::MetricsSample>(l).ok()),
-            );
-        }
-    }
-    v.sort_by(|a: &crate::report::MetricsSample, b| a.t.total_cmp(&b.t));
-    v
 }

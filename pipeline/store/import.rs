@@ -115,7 +115,7 @@ pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     })
 }
 
-fn as_text(v: Option<&Value>) -> Option<String> {
+pub(crate) fn as_text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
@@ -194,10 +194,10 @@ fn ierr(path: &Path, reason: impl Into<String>) -> StoreError {
     }
 }
 
-type Records = Box<dyn Iterator<Item = Result<(usize, Value)>>>;
+pub(crate) type Records = Box<dyn Iterator<Item = Result<(usize, Value)>>>;
 
 /// Records of one file with their 1-based record (JSON) or line (JSONL) number.
-fn records(path: &Path, fmt: InputFormat) -> Result<Records> {
+pub(crate) fn records(path: &Path, fmt: InputFormat) -> Result<Records> {
     let f = std::fs::File::open(path).map_err(io_err(path))?;
     match fmt {
         InputFormat::Json => {

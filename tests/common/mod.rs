@@ -27,3 +27,57 @@ pub fn model_path() -> Option<PathBuf> {
         p.display()
     );
 }
+
+/// A path in the repository.
+pub fn repo(p: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// Runs the cotforge binary of this build (`bin` is `env!("CARGO_BIN_EXE_cotforge")`
+/// of the calling test) and returns stdout + stderr; panics when it fails.
+pub fn run_ok(bin: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new(bin).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "cotforge {args:?} failed:\n{text}");
+    text
+}
+
+/// `data/jobs/scripted.toml` with absolute seed paths and `out` in `dir`,
+/// changed by `edit`; returns (job file, output directory).
+pub fn scripted_job(
+    dir: &std::path::Path,
+    name: &str,
+    edit: impl Fn(String) -> String,
+) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(repo("data/jobs/scripted.toml")).unwrap();
+    let out = dir.join(format!("out-{name}"));
+    let text = text
+        .replace(
+            "out = \"out/scripted\"",
+            &format!("out = {:?}", out.display().to_string()),
+        )
+        .replace(
+            "\"data/seeds/",
+            &format!("\"{}/data/seeds/", env!("CARGO_MANIFEST_DIR")),
+        );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, edit(text)).unwrap();
+    (p, out)
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let dest = to.join(e.path().strip_prefix(from).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
