@@ -498,7 +498,9 @@ pub struct FinalMarker {
     /// Files of `final/` and of the export, relative to their directories.
     pub files: Vec<CommittedFile>,
     pub export_files: Vec<CommittedFile>,
-    /// Entries of the dedup index after this finalize (when there is one).
+    /// Entries of the dedup index up to and including this run's segment
+    /// (when there is an index): what this night compared against plus what
+    /// it added. Later nights do not change it.
     pub index_entries: Option<u64>,
 }
 
@@ -642,7 +644,8 @@ pub fn finalize(job: &Job) -> Result<FinalSummary, RecipeError> {
     }
     let before: usize = shards.iter().map(|s| s.len()).sum();
     let mut dedup_rejects = Vec::new();
-    // (the index's lock, the index, whether this finalize changed it, its path)
+    // (the index's lock, the index, whether this finalize changed it, its path,
+    // its entries up to this run's segment)
     let mut index_state = None;
     if job.file.dedup.enabled {
         let dedup = job.file.dedup.params.build()?;
@@ -656,12 +659,14 @@ pub fn finalize(job: &Job) -> Result<FinalSummary, RecipeError> {
                 )?;
                 crash::point("finalize.locked");
                 let mut idx = dedup.open_index(live)?;
-                let (kept, rej, entries) =
-                    dedup.apply_shards_against(shards, idx.entries_before(&segment));
+                let prior = idx.entries_before(&segment);
+                let prior_len = prior.len();
+                let (kept, rej, entries) = dedup.apply_shards_against(shards, prior);
                 shards = kept;
                 dedup_rejects = rej;
+                let upto = (prior_len + entries.len()) as u64;
                 let changed = idx.put_segment(segment, entries);
-                index_state = Some((lock, idx, changed, live.clone()));
+                index_state = Some((lock, idx, changed, live.clone(), upto));
             }
             None => {
                 crash::point("finalize.locked");
@@ -726,14 +731,14 @@ pub fn finalize(job: &Job) -> Result<FinalSummary, RecipeError> {
     // The index last: until here a crash leaves it as it was, and the rerun
     // (comparing against the same entries) writes the same output.
     let mut index_entries = None;
-    if let Some((lock, idx, changed, live)) = &index_state {
+    if let Some((lock, idx, changed, live, upto)) = &index_state {
         if *changed {
             lock.check()?;
             crash::point("index.before_save");
             idx.save(live)?;
             crash::point("index.saved");
         }
-        index_entries = Some(idx.len() as u64);
+        index_entries = Some(*upto);
     }
     held.check()?;
     let marker = FinalMarker {
