@@ -11,9 +11,9 @@ mod common;
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use common::wrap::{Hook, Wrap};
 use cotforge::engine::{
-    ChatMessage, CoreLimits, Engine, EngineStats, Result, ScriptedConfig, ScriptedEngine, SeqId,
-    StepRequest, Token, TokenOut,
+    ChatMessage, CoreLimits, Engine, Result, ScriptedConfig, ScriptedEngine, Token,
 };
 use cotforge::recipes::instruction::{Instruction, InstructionConfig};
 use cotforge::recipes::open_o1::{OpenO1, OpenO1Config};
@@ -23,99 +23,24 @@ use cotforge::search::{SearchConfig, TreeSearch};
 use cotforge::stages::filter::FilterChain;
 use cotforge::store::Processor;
 
-/// Delegates to an engine and records every token list it is asked to evaluate.
-struct Recording<'e> {
-    inner: &'e mut dyn Engine,
-    /// Tokens appended to fresh sequences (prompts) and scored contexts + texts.
-    fed: RefCell<Vec<Vec<Token>>>,
-}
+/// Records every prompt (tokens appended to a fresh sequence) and every
+/// scored context and text.
+#[derive(Default)]
+struct Record(RefCell<Vec<Vec<Token>>>);
 
-impl Engine for Recording<'_> {
-    fn model_name(&self) -> &str {
-        self.inner.model_name()
-    }
-    fn model_hash(&self) -> &str {
-        self.inner.model_hash()
-    }
-    fn n_ctx(&self) -> usize {
-        self.inner.n_ctx()
-    }
-    fn n_parallel(&self) -> usize {
-        self.inner.n_parallel()
-    }
-    fn n_seq_max(&self) -> usize {
-        self.inner.n_seq_max()
-    }
-    fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>> {
-        self.inner.tokenize(text, add_special)
-    }
-    fn tokenize_plain(&self, text: &str) -> Result<Vec<Token>> {
-        self.inner.tokenize_plain(text)
-    }
-    fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<Token>> {
-        self.inner.chat_tokens(messages)
-    }
-    fn detokenize(&self, tokens: &[Token]) -> Result<String> {
-        self.inner.detokenize(tokens)
-    }
-    fn piece(&self, token: Token) -> Vec<u8> {
-        self.inner.piece(token)
-    }
-    fn is_eog(&self, token: Token) -> bool {
-        self.inner.is_eog(token)
-    }
-    fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
-        self.inner.apply_chat_template(messages)
-    }
-    fn new_sequence(&mut self) -> Result<SeqId> {
-        self.inner.new_sequence()
-    }
-    fn fork(&mut self, parent: SeqId) -> Result<SeqId> {
-        self.inner.fork(parent)
-    }
-    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<()> {
-        self.inner.truncate(seq, len)
-    }
-    fn release(&mut self, seq: SeqId) -> Result<()> {
-        self.inner.release(seq)
-    }
-    fn append(&mut self, seq: SeqId, tokens: &[Token]) -> Result<()> {
-        if self.inner.tokens(seq)?.is_empty() {
-            self.fed.borrow_mut().push(tokens.to_vec());
+impl Hook for Record {
+    fn append(&self, tokens: &[Token], fresh: bool) -> Result<()> {
+        if fresh {
+            self.0.borrow_mut().push(tokens.to_vec());
         }
-        self.inner.append(seq, tokens)
+        Ok(())
     }
-    fn tokens(&self, seq: SeqId) -> Result<&[Token]> {
-        self.inner.tokens(seq)
-    }
-    fn cached_len(&self, seq: SeqId) -> Result<usize> {
-        self.inner.cached_len(seq)
-    }
-    fn live_sequences(&self) -> usize {
-        self.inner.live_sequences()
-    }
-    fn cells_used(&self) -> usize {
-        self.inner.cells_used()
-    }
-    fn step(&mut self, requests: &[StepRequest]) -> Result<Vec<TokenOut>> {
-        self.inner.step(requests)
-    }
-    fn evaluate(&mut self, seq: SeqId) -> Result<()> {
-        self.inner.evaluate(seq)
-    }
-    fn score(&mut self, context: &[Token], text: &[Token]) -> Result<Vec<TokenOut>> {
-        self.score_many(&[(context, text)])
-            .map(|mut v| v.pop().unwrap_or_default())
-    }
-    fn score_many(&mut self, items: &[(&[Token], &[Token])]) -> Result<Vec<Vec<TokenOut>>> {
+    fn score(&self, items: &[(&[Token], &[Token])]) -> Result<()> {
         for (c, t) in items {
-            self.fed.borrow_mut().push(c.to_vec());
-            self.fed.borrow_mut().push(t.to_vec());
+            self.0.borrow_mut().push(c.to_vec());
+            self.0.borrow_mut().push(t.to_vec());
         }
-        self.inner.score_many(items)
-    }
-    fn stats(&self) -> &EngineStats {
-        self.inner.stats()
+        Ok(())
     }
 }
 
@@ -177,9 +102,9 @@ fn check_recipes(
     seed: &Seed,
     max_per_prompt: &[usize],
 ) {
-    let mut rec = Recording {
+    let mut rec = Wrap {
         inner,
-        fed: RefCell::new(Vec::new()),
+        hook: Record::default(),
     };
     let meta = RowMeta {
         model: "m".into(),
@@ -227,10 +152,11 @@ fn check_recipes(
         Arc::new(cotforge::stages::answer::answers_match),
     )
     .expect("search");
-    rec.fed
+    rec.hook
+        .0
         .borrow_mut()
         .push(search.tree().nodes[0].tokens.clone());
-    let fed = rec.fed.borrow();
+    let fed = rec.hook.0.borrow();
     assert!(fed.len() >= 4, "too little was recorded: {}", fed.len());
     for toks in fed.iter() {
         let n = count(toks, controls);

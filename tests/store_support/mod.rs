@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{Field, Schema};
 use cotforge::record::Seed;
 use cotforge::store::parquet_io::{read_parquet, write_parquet, WriteOptions};
 use cotforge::store::schema::{batch_to_chains, batch_to_rejects, seeds_schema, seeds_to_batch};
@@ -97,6 +99,22 @@ pub fn write_seeds(path: &Path, seeds: &[Seed]) {
         },
     )
     .expect("write seeds");
+}
+
+/// A Parquet file with exactly these columns (all nullable).
+pub fn write_cols(path: &Path, cols: Vec<(&str, ArrayRef)>) {
+    let schema = std::sync::Arc::new(Schema::new(
+        cols.iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(schema.clone(), cols.into_iter().map(|c| c.1).collect())
+        .expect("batch");
+    write_parquet(path, schema, [Ok(batch)], &WriteOptions::default()).expect("write");
+}
+
+pub fn strs(v: &[Option<&str>]) -> ArrayRef {
+    std::sync::Arc::new(v.iter().copied().collect::<StringArray>())
 }
 
 pub fn worker(seeds: &Path, out: &Path, index: u32, count: u32) -> Command {
