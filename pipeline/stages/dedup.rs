@@ -607,8 +607,8 @@ impl SignatureIndex {
 
     pub fn save(&self, path: &Path) -> Result<(), StageError> {
         let (tmp, file) = crate::store::fsio::TempPath::create(path)?;
-        let tmp_name = tmp.path().to_path_buf();
-        let io = |e| StageError::io(&tmp_name, e);
+        // Errors name the index (its temporary is removed on any error).
+        let io = |e| StageError::io(path, e);
         let mut w = HashingWriter {
             inner: BufWriter::new(file),
             hasher: blake3::Hasher::new(),
@@ -669,7 +669,7 @@ impl SignatureIndex {
         inner.write_all(&digest).map_err(io)?;
         let file = inner
             .into_inner()
-            .map_err(|e| StageError::io(&tmp_name, e.into_error()))?;
+            .map_err(|e| StageError::io(path, e.into_error()))?;
         tmp.commit(file)?;
         Ok(())
     }

@@ -442,15 +442,17 @@ fn write_set(
         for (i, chunk) in rows.chunks(cfg.max_rows_per_file).enumerate() {
             let name = format!("{split}-{i:05}-of-{n_files:05}.parquet");
             let path = new.join(&name);
+            // Errors name the file where it will live (it is written beside it).
+            let shown = parent_of(new).join("data").join(&name);
             let batch = export_batch(chunk, cfg)?;
             let file = fsio::open_nofollow(
                 &path,
                 std::fs::OpenOptions::new().write(true).create_new(true),
             )?;
             let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props.clone()))?;
-            w.write(&batch).map_err(|e| parquet_err(&path, e))?;
-            let file = w.into_inner().map_err(|e| parquet_err(&path, e))?;
-            file.sync_all().map_err(|e| StageError::io(&path, e))?;
+            w.write(&batch).map_err(|e| parquet_err(&shown, e))?;
+            let file = w.into_inner().map_err(|e| parquet_err(&shown, e))?;
+            file.sync_all().map_err(|e| StageError::io(&shown, e))?;
             crash::point("export.file_written");
             files.push(format!("data/{name}"));
         }
@@ -459,6 +461,10 @@ fn write_set(
 
     fsio::fsync_dir(new)?;
     Ok(summary)
+}
+
+fn parent_of(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("."))
 }
 
 /// A Parquet writer error on `path`; a full disk becomes the store's clear message.

@@ -49,7 +49,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error(
-        "{path}: no space left on the device ({source}); free space and rerun the same command \
+        "{path}: no space left on the device; free space and rerun the same command \
          (committed files and journaled results are kept)"
     )]
     DiskFull {
