@@ -35,11 +35,17 @@ use cotforge::store::{
 };
 use store_support::{bin, stderr, stdout, strs, synthetic_seeds, worker, write_cols, write_seeds};
 
-/// One class of the table: its name and a check that says what went wrong.
+/// A check of one class: `Err` says what went wrong.
+type Check = Box<dyn Fn(&Path) -> Result<(), String>>;
+
+/// One class of the table: its name and its check.
 struct Class {
     name: &'static str,
-    check: Box<dyn Fn(&Path) -> Result<(), String>>,
+    check: Check,
 }
+
+/// A seed row of the open_o1 file: id, prompt bytes, response.
+type Row<'a> = (&'a str, Option<&'a [u8]>, Option<&'a str>);
 
 fn class(name: &'static str, check: impl Fn(&Path) -> Result<(), String> + 'static) -> Class {
     Class {
@@ -227,7 +233,7 @@ fn open_o1_seeds(path: &Path) {
         "ab ".repeat(2000)
     );
     let long_prompt = "z".repeat(2001);
-    let rows: Vec<(&str, Option<&[u8]>, Option<&str>)> = vec![
+    let rows: Vec<Row> = vec![
         ("o-good", Some(b"Is the sky blue?"), Some(good)),
         ("o-null", None, Some(good)),
         ("o-space", Some(b"  \t\n"), Some(good)),
@@ -925,7 +931,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             refused_job(
                 d,
                 &text,
-                "store.flush_seconds: must be a finite number of seconds >= 0, got inf",
+                "store.flush_seconds: must be a number of seconds from 0 to 86400, got inf",
             )
         }),
         class("flush_seconds = nan", |d| {
@@ -939,7 +945,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             refused_job(
                 d,
                 &text,
-                "store.flush_seconds: must be a finite number of seconds >= 0, got NaN",
+                "store.flush_seconds: must be a number of seconds from 0 to 86400, got NaN",
             )
         }),
         class("an empty open_o1 step_delimiter", |d| {
@@ -1199,7 +1205,7 @@ fn llama_classes() -> Vec<Class> {
             std::fs::write(&p, &b[..b.len() * 2 / 3]).expect("write");
             let m = load_err(&p);
             has(&m, "cut.gguf")?;
-            has(&m, &format!("the file is truncated: its header describes"))?;
+            has(&m, "the file is truncated: its header describes")?;
             has(
                 &m,
                 &format!("the file has {}; fetch it again", b.len() * 2 / 3),

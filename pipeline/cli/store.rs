@@ -483,12 +483,16 @@ pub fn run_shard_worker(a: ShardWorkerArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let flush_interval = Duration::try_from_secs_f64(a.flush_seconds).map_err(|_| {
-        anyhow::anyhow!(
-            "--flush-seconds {}: must be a finite number of seconds >= 0",
-            a.flush_seconds
-        )
-    })?;
+    let flush_interval = Duration::try_from_secs_f64(a.flush_seconds)
+        .ok()
+        .filter(|d| d.as_secs_f64() <= crate::recipes::job::MAX_FLUSH_SECONDS)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--flush-seconds {}: must be a number of seconds from 0 to {}",
+                a.flush_seconds,
+                crate::recipes::job::MAX_FLUSH_SECONDS
+            )
+        })?;
     let mut opts = ShardOptions::new(&a.out, &a.kind, shard);
     opts.flush_every = a.flush_every;
     opts.flush_interval = flush_interval;

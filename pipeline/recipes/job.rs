@@ -20,6 +20,9 @@ use super::instruction::InstructionConfig;
 use super::open_o1::OpenO1Config;
 use super::RecipeError;
 
+/// The longest journal flush interval accepted (a day; longer is a typo).
+pub const MAX_FLUSH_SECONDS: f64 = 86_400.0;
+
 /// Storage settings of a job (`[store]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -293,11 +296,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
         return Err(e("", Some("num_shards"), "must be at least 1".into()));
     }
     let fs = file.store.flush_seconds;
-    if !(fs.is_finite() && fs >= 0.0) {
+    if !(fs.is_finite() && (0.0..=MAX_FLUSH_SECONDS).contains(&fs)) {
         return Err(e(
             "store",
             Some("flush_seconds"),
-            format!("must be a finite number of seconds >= 0, got {fs}"),
+            format!("must be a number of seconds from 0 to {MAX_FLUSH_SECONDS}, got {fs}"),
         ));
     }
     let eng = &file.engine;

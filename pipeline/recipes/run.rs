@@ -520,7 +520,12 @@ impl Held {
         job: &Job,
     ) -> Result<Self, RecipeError> {
         let lock = FileLock::acquire_for(&lock, what)?;
-        let lease = Lease::acquire(&lease, &job.fingerprint, job.file.store.lease_seconds)?;
+        let lease = Lease::acquire_with(
+            &lease,
+            &job.fingerprint,
+            job.file.store.lease_seconds,
+            lock.flock_works,
+        )?;
         Ok(Self { _lock: lock, lease })
     }
     fn check(&self) -> Result<(), RecipeError> {

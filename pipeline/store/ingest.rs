@@ -265,11 +265,12 @@ fn open_file(path: &Path, batch_size: usize) -> Result<Pending> {
             reason: "empty file (0 bytes)".into(),
         });
     }
-    let builder =
+    let builder = guarded(path, || {
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| StoreError::NotParquet {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        })?;
+        })
+    })?;
     // The footer's row count sizes buffers: it must agree with its row groups.
     let md = builder.metadata();
     let claimed = md.file_metadata().num_rows();
@@ -309,6 +310,43 @@ fn open_file(path: &Path, batch_size: usize) -> Result<Pending> {
         builder: builder
             .with_projection(mask)
             .with_batch_size(batch_size.max(1)),
+    })
+}
+
+thread_local! {
+    /// Set while a guarded Parquet call runs: its panic is reported as an error, not printed.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run a call into the Parquet/Arrow readers on untrusted bytes. Those
+/// crates assert on some corrupt encodings instead of returning an error
+/// (found by fuzzing: a VLQ longer than 10 bytes, bitmaps shorter than their
+/// row count); a panic there becomes [`StoreError::Read`] naming the file.
+pub(crate) fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = GUARDED.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    r.unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        Err(StoreError::Read {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the Parquet reader failed on corrupt data ({msg}); the file is corrupt, write it again"
+            ),
+        })
     })
 }
 
@@ -423,20 +461,23 @@ impl Ingest {
     fn next_batch(&mut self) -> Result<bool> {
         loop {
             if let Some((path, reader)) = &mut self.reader {
-                match reader.next() {
+                let next = guarded(path, || Ok(reader.next()))?;
+                match next {
                     Some(Ok(b)) => {
-                        let cols = SEED_COLUMNS
-                            .iter()
-                            .map(|c| match b.column_by_name(c) {
-                                Some(a) => {
-                                    normalize(a).map(Some).map_err(|reason| StoreError::Read {
-                                        path: path.clone(),
-                                        reason: format!("column `{c}`: {reason}"),
-                                    })
-                                }
-                                None => Ok(None),
-                            })
-                            .collect::<Result<Vec<_>>>()?;
+                        let cols = guarded(path, || {
+                            SEED_COLUMNS
+                                .iter()
+                                .map(|c| match b.column_by_name(c) {
+                                    Some(a) => {
+                                        normalize(a).map(Some).map_err(|reason| StoreError::Read {
+                                            path: path.clone(),
+                                            reason: format!("column `{c}`: {reason}"),
+                                        })
+                                    }
+                                    None => Ok(None),
+                                })
+                                .collect::<Result<Vec<_>>>()
+                        })?;
                         self.batch = Some((path.clone(), b.num_rows(), cols));
                         self.row = 0;
                         return Ok(true);
@@ -453,9 +494,12 @@ impl Ingest {
             let Some(p) = self.pending.pop_front() else {
                 return Ok(false);
             };
-            let reader = p.builder.build().map_err(|e| StoreError::Read {
-                path: p.path.clone(),
-                reason: e.to_string(),
+            let path = p.path.clone();
+            let reader = guarded(&path, || {
+                p.builder.build().map_err(|e| StoreError::Read {
+                    path: p.path.clone(),
+                    reason: e.to_string(),
+                })
             })?;
             self.file_row = 0;
             self.reader = Some((p.path, reader));
@@ -588,7 +632,14 @@ impl Iterator for Ingest {
             }
             // Moved out and back so `row` can borrow self mutably (no copies).
             let (path, n, cols) = self.batch.take()?;
-            let out = self.row(&path, &cols, self.row);
+            let at = self.row;
+            let out = match guarded(&path, || Ok(self.row(&path, &cols, at))) {
+                Ok(o) => o,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            };
             let ordinal = self.ordinal;
             self.row += 1;
             self.ordinal += 1;

@@ -108,6 +108,27 @@ fn write(path: &Path, info: &LeaseInfo) -> Result<()> {
     r
 }
 
+/// Temporaries of renewals killed mid-write (`.<name>.<token>.tmp`).
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(rd) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 struct Shared {
     path: PathBuf,
     token: String,
@@ -184,15 +205,28 @@ impl Lease {
     /// Take the lease at `path` for a job with `fingerprint`. Call with the
     /// lock beside it held. `ttl` 0 disables the lease (a no-op fence).
     pub fn acquire(path: &Path, fingerprint: &str, ttl: u64) -> Result<Option<Self>> {
+        Self::acquire_with(path, fingerprint, ttl, true)
+    }
+
+    /// [`Lease::acquire`]; `flock_held` false (a file system without flock)
+    /// makes a live lease of this host binding too, unless its process is gone.
+    pub fn acquire_with(
+        path: &Path,
+        fingerprint: &str,
+        ttl: u64,
+        flock_held: bool,
+    ) -> Result<Option<Self>> {
         if ttl == 0 {
             return Ok(None);
         }
         fsio::refuse_symlink(path)?;
+        remove_stale_temporaries(path);
         let me = hostname();
         let previous = read(path);
         if let Some(p) = &previous {
             let age = now().saturating_sub(p.heartbeat);
-            if p.host != me && age < p.ttl {
+            let local_gone = p.host == me && (flock_held || !super::lock::pid_alive(p.pid));
+            if !local_gone && age < p.ttl && p.pid != std::process::id() {
                 return Err(StoreError::LeaseHeld {
                     path: path.to_path_buf(),
                     holder: p.holder(),

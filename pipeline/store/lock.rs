@@ -53,6 +53,15 @@ pub fn pid_alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Whether flock is missing on this file system (Lustre without `-o flock`,
+/// some FUSE and NFS setups), as opposed to held by someone else.
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS) | Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP)
+    )
+}
+
 fn try_flock(f: &File) -> std::io::Result<bool> {
     // SAFETY: flock on an open descriptor we own.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -81,6 +90,9 @@ pub struct FileLock {
     path: PathBuf,
     /// The holder named in the file when we took it over from a dead process.
     pub took_over: Option<LockInfo>,
+    /// False where the file system has no flock: then only the lease excludes,
+    /// also between processes of one host.
+    pub flock_works: bool,
 }
 
 /// The shard worker's lock.
@@ -104,7 +116,23 @@ impl FileLock {
                     .truncate(false)
                     .mode(0o644),
             )?;
-            if !try_flock(&file).map_err(io_err(path))? {
+            let locked = match try_flock(&file) {
+                Ok(l) => l,
+                Err(e) if unsupported(&e) => {
+                    tracing::warn!(
+                        "{}: this file system has no flock ({e}); only the lease beside it keeps other workers off",
+                        path.display()
+                    );
+                    return Ok(Self {
+                        file,
+                        path: path.to_path_buf(),
+                        took_over: None,
+                        flock_works: false,
+                    });
+                }
+                Err(e) => return Err(io_err(path)(e)),
+            };
+            if !locked {
                 let holder = read_info(&mut file)
                     .map(|i| i.to_string())
                     .unwrap_or_else(|| "another process (lock file not yet written)".into());
@@ -142,6 +170,7 @@ impl FileLock {
                 file,
                 path: path.to_path_buf(),
                 took_over,
+                flock_works: true,
             });
         }
     }

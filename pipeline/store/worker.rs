@@ -166,8 +166,13 @@ where
         &opts.out_dir,
         &std::path::Path::new("shards").join(&opts.kind),
     )?;
-    let _lock = ShardLock::acquire(&paths.lock())?;
-    let lease = Lease::acquire(&paths.lease(), &opts.fingerprint.digest, opts.lease_ttl)?;
+    let lock = ShardLock::acquire(&paths.lock())?;
+    let lease = Lease::acquire_with(
+        &paths.lease(),
+        &opts.fingerprint.digest,
+        opts.lease_ttl,
+        lock.flock_works,
+    )?;
     let fence = fence_of(&lease);
     crash::point("lock.acquired");
 
@@ -228,6 +233,7 @@ where
     bar.finish_and_clear();
     let out = finish(opts, &paths, &fence)?;
     drop(lease);
+    drop(lock);
     Ok(ShardOutcome { resumed, ..out })
 }
 
