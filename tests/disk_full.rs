@@ -14,7 +14,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use store_support::{bin, cli, run, stderr, stdout, synthetic_seeds, tree, worker, write_seeds};
+use store_support::{
+    bin, cli, run, scripted_job, stderr, stdout, synthetic_seeds, tree, worker, write_seeds,
+};
 
 /// A tmpfs mounted for one test; unmounted on drop.
 struct Tmpfs {
@@ -86,6 +88,18 @@ impl Drop for Tmpfs {
     }
 }
 
+/// The shard files of `out` are byte-identical to those of `reference`.
+fn same_shards(out: &Path, reference: &Path) {
+    let (got, want) = (tree(&out.join("shards")), tree(&reference.join("shards")));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &want {
+        assert!(got[k] == *v, "{k} differs from a run on an ample disk");
+    }
+}
+
 /// Files whose names mark a temporary or half-written output.
 fn leftovers(dir: &Path) -> Vec<String> {
     tree(dir)
@@ -148,35 +162,7 @@ fn full_disk_during_a_shard_commit() {
     std::fs::remove_file(filler).expect("free");
     let o = run(worker(&seeds, &out, 0, 1));
     assert!(o.status.success(), "{}", stderr(&o));
-    let (got, want) = (tree(&out.join("shards")), tree(&reference.join("shards")));
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
-    for (k, v) in &want {
-        assert!(got[k] == *v, "{k} differs from a run on an ample disk");
-    }
-}
-
-fn scripted_job(dir: &Path, name: &str, out: &Path, extra: &[(&str, &str)]) -> PathBuf {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut text = std::fs::read_to_string(Path::new(root).join("data/jobs/scripted.toml"))
-        .expect("job")
-        .replace(
-            "out = \"out/scripted\"",
-            &format!("out = {:?}", out.display().to_string()),
-        )
-        .replace("\"data/seeds/", &format!("\"{root}/data/seeds/"));
-    for (from, to) in extra {
-        assert!(
-            text.contains(from),
-            "the scripted job changed shape: {from}"
-        );
-        text = text.replace(from, to);
-    }
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(&p, text).expect("write job");
-    p
+    same_shards(&out, &reference);
 }
 
 fn cotforge(args: &[&str]) -> Output {
@@ -442,12 +428,5 @@ fn full_disk_during_a_journal_flush() {
         "the journaled rows were not kept: {}",
         stdout(&o)
     );
-    let (got, want) = (tree(&out.join("shards")), tree(&reference.join("shards")));
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
-    for (k, v) in &want {
-        assert!(got[k] == *v, "{k} differs from a run on an ample disk");
-    }
+    same_shards(&out, &reference);
 }

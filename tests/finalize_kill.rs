@@ -15,36 +15,27 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use store_support::{bin, stderr, stdout, tree};
+use store_support::{bin, scripted_job, stderr, stdout, tree};
 
 const SHARDS: u32 = 4;
 
 /// The committed scripted job, with `out`, the job seed and a shared index.
 fn job(dir: &Path, name: &str, out: &Path, seed: u64, index: &Path) -> PathBuf {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let text = std::fs::read_to_string(Path::new(root).join("data/jobs/scripted.toml"))
-        .expect("scripted job");
-    let text = text
-        .replace(
-            "out = \"out/scripted\"",
-            &format!("out = {:?}", out.display().to_string()),
-        )
-        .replace("seed = 7\n", &format!("seed = {seed}\n"))
-        .replace("\"data/seeds/", &format!("\"{root}/data/seeds/"))
-        .replace(
-            "[dedup]\nenabled = true\n",
-            &format!(
-                "[dedup]\nenabled = true\nindex = {:?}\n",
-                index.display().to_string()
+    scripted_job(
+        dir,
+        name,
+        out,
+        &[
+            ("seed = 7\n", &format!("seed = {seed}\n")),
+            (
+                "[dedup]\nenabled = true\n",
+                &format!(
+                    "[dedup]\nenabled = true\nindex = {:?}\n",
+                    index.display().to_string()
+                ),
             ),
-        );
-    assert!(
-        text.contains("index =") && text.contains(&format!("seed = {seed}\n")),
-        "the scripted job changed shape"
-    );
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(&p, text).expect("write job");
-    p
+        ],
+    )
 }
 
 fn cotforge(args: &[&str]) -> Command {

@@ -18,28 +18,7 @@ use cotforge::store::manifest::ShardPaths;
 use cotforge::store::parquet_io::read_parquet;
 use cotforge::store::schema::batch_to_chains;
 use cotforge::store::{run_shard, Ingest, IngestOptions, Processed, ShardOptions, ShardSpec};
-use store_support::{bin, stderr, synthetic_seeds, tree, write_seeds};
-
-fn scripted_job(dir: &Path, name: &str, out: &Path, edits: &[(&str, &str)]) -> PathBuf {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut text = std::fs::read_to_string(Path::new(root).join("data/jobs/scripted.toml"))
-        .expect("job")
-        .replace(
-            "out = \"out/scripted\"",
-            &format!("out = {:?}", out.display().to_string()),
-        )
-        .replace("\"data/seeds/", &format!("\"{root}/data/seeds/"));
-    for (from, to) in edits {
-        assert!(
-            text.contains(from),
-            "the scripted job changed shape: {from}"
-        );
-        text = text.replace(from, to);
-    }
-    let p = dir.join(format!("{name}.toml"));
-    std::fs::write(&p, text).expect("write job");
-    p
-}
+use store_support::{bin, scripted_job, stderr, synthetic_seeds, tree, write_seeds};
 
 fn cotforge(args: &[&str], crash: Option<&str>) -> Output {
     let mut c = Command::new(bin());

@@ -14,14 +14,14 @@ use crate::engine::{
     StepRequest,
 };
 use crate::record::{Chain, Recipe, Reject, Seed};
-use crate::store::fingerprint::{Fingerprint, InputHash};
+use crate::store::fingerprint::{hash_inputs, Fingerprint};
 use crate::store::import::{import, AnswerExtract, ImportOptions, InputFormat};
 use crate::store::manifest::job_created_at;
 use crate::store::parquet_io::WriteOptions;
 use crate::store::shard::resolve_shard;
 use crate::store::status::{status, verify, ShardStatus};
 use crate::store::{
-    blake3_file, run_shard, Ingest, IngestOptions, Processed, Processor, ShardOptions, StoreError,
+    run_shard, Ingest, IngestOptions, Processed, Processor, ShardOptions, StoreError,
 };
 
 /// Exit code when the shard is locked by another worker (EX_TEMPFAIL).
@@ -473,16 +473,7 @@ pub fn run_shard_worker(a: ShardWorkerArgs) -> anyhow::Result<ExitCode> {
             n_seq_max: 8,
         },
     );
-    let seed_hashes = a
-        .seeds
-        .iter()
-        .map(|s| {
-            blake3_file(s).map(|(h, _)| InputHash {
-                path: s.display().to_string(),
-                blake3: h,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let seed_hashes = hash_inputs(&a.seeds)?;
     let flush_interval = Duration::try_from_secs_f64(a.flush_seconds)
         .ok()
         .filter(|d| d.as_secs_f64() <= crate::recipes::job::MAX_FLUSH_SECONDS)

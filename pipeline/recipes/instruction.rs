@@ -15,7 +15,7 @@ use crate::stages::filter::FilterChain;
 use crate::store::worker::{Processed, Processor};
 
 use super::{
-    batch_then_alone, engine_reason, filter_chains, is_seed_error, reject_seed, seed_prompt_tokens,
+    batch_then_alone, engine_reject, filter_chains, is_seed_error, reject_seed, seed_prompt_tokens,
     RowMeta,
 };
 
@@ -75,15 +75,12 @@ impl Processor for Instruction<'_> {
             let prompt = match seed_prompt_tokens(&*self.engine, seed, system) {
                 Ok(p) => p,
                 Err(e) if is_seed_error(&e) => {
-                    out[i] = Some(Processed {
-                        accepted: vec![],
-                        rejected: vec![reject_seed(
-                            seed,
-                            Recipe::Instruction,
-                            "instruction.prompt",
-                            engine_reason(&e),
-                        )],
-                    });
+                    out[i] = Some(engine_reject(
+                        seed,
+                        Recipe::Instruction,
+                        "instruction.prompt",
+                        &e,
+                    ));
                     continue;
                 }
                 Err(e) => return Err(format!("engine failed on seed {}: {e}", seed.id)),
@@ -127,15 +124,12 @@ impl Processor for Instruction<'_> {
             let completions = match completions {
                 Ok(c) => c,
                 Err(e) => {
-                    out[i] = Some(Processed {
-                        accepted: vec![],
-                        rejected: vec![reject_seed(
-                            seed,
-                            Recipe::Instruction,
-                            "instruction.sample",
-                            engine_reason(&e),
-                        )],
-                    });
+                    out[i] = Some(engine_reject(
+                        seed,
+                        Recipe::Instruction,
+                        "instruction.sample",
+                        &e,
+                    ));
                     continue;
                 }
             };

@@ -127,6 +127,14 @@ pub fn is_seed_error(e: &EngineError) -> bool {
     )
 }
 
+/// A seed's whole result when the engine failed on it: one reject at `stage`.
+pub fn engine_reject(seed: &Seed, recipe: Recipe, stage: &str, e: &EngineError) -> Processed {
+    Processed {
+        accepted: vec![],
+        rejected: vec![reject_seed(seed, recipe, stage, engine_reason(e))],
+    }
+}
+
 /// The reason of a reject for a seed the engine failed on.
 pub fn engine_reason(e: &EngineError) -> String {
     format!(

@@ -17,7 +17,7 @@ use crate::stages::format::check_format;
 use crate::store::worker::{Processed, Processor};
 
 use super::{
-    batch_then_alone, engine_reason, filter_chains, is_seed_error, reject_seed, seed_prompt_tokens,
+    batch_then_alone, engine_reject, filter_chains, is_seed_error, reject_seed, seed_prompt_tokens,
     step_ends, step_means, RowMeta,
 };
 
@@ -122,15 +122,7 @@ impl Processor for OpenO1<'_> {
             let (ctx_toks, text_toks) = match self.tokens(seed, &prompts, &text) {
                 Ok(t) => t,
                 Err(e) if is_seed_error(&e) => {
-                    out[i] = Some(Processed {
-                        accepted: vec![],
-                        rejected: vec![reject_seed(
-                            seed,
-                            Recipe::OpenO1,
-                            "open_o1.prompt",
-                            engine_reason(&e),
-                        )],
-                    });
+                    out[i] = Some(engine_reject(seed, Recipe::OpenO1, "open_o1.prompt", &e));
                     continue;
                 }
                 Err(e) => return Err(format!("engine failed on seed {}: {e}", seed.id)),
@@ -158,15 +150,7 @@ impl Processor for OpenO1<'_> {
             let toks = match toks {
                 Ok(t) => t,
                 Err(e) => {
-                    out[i] = Some(Processed {
-                        accepted: vec![],
-                        rejected: vec![reject_seed(
-                            seed,
-                            Recipe::OpenO1,
-                            "open_o1.score",
-                            engine_reason(&e),
-                        )],
-                    });
+                    out[i] = Some(engine_reject(seed, Recipe::OpenO1, "open_o1.score", &e));
                     continue;
                 }
             };

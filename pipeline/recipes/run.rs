@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::record::{Chain, Recipe, Reject, Seed};
 use crate::stages::filter::FilterChain;
-use crate::store::fingerprint::{Fingerprint, InputHash};
+use crate::store::fingerprint::{hash_inputs, Fingerprint};
 use crate::store::ingest::{Ingest, IngestOptions};
 use crate::store::lease::{fence_of, Lease};
 use crate::store::lock::FileLock;
@@ -45,7 +45,7 @@ use crate::store::schema::{
 use crate::store::worker::{
     changed_error, run_shard, Processed, Processor, ShardOptions, ShardOutcome,
 };
-use crate::store::{blake3_file, crash, fsio, ShardSpec};
+use crate::store::{crash, fsio, ShardSpec};
 
 use super::instruction::Instruction;
 use super::job::{Job, ValidRecipe};
@@ -254,17 +254,7 @@ pub fn recipe_fingerprint(
     r: &ValidRecipe,
     model_hash: &str,
 ) -> Result<Fingerprint, RecipeError> {
-    let seeds = r
-        .spec
-        .seeds
-        .iter()
-        .map(|p| {
-            blake3_file(p).map(|(h, _)| InputHash {
-                path: p.display().to_string(),
-                blake3: h,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let seeds = hash_inputs(&r.spec.seeds)?;
     Ok(Fingerprint::new(
         job.recipe_settings(r),
         seeds,

@@ -469,15 +469,8 @@ fn parent_of(p: &Path) -> &Path {
 
 /// A Parquet writer error on `path`; a full disk becomes the store's clear message.
 fn parquet_err(path: &Path, e: parquet::errors::ParquetError) -> StageError {
-    if let parquet::errors::ParquetError::External(b) = &e {
-        if let Some(io) = b.downcast_ref::<std::io::Error>() {
-            if crate::store::is_disk_full(io) {
-                return StageError::io(
-                    path,
-                    std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::ENOSPC)),
-                );
-            }
-        }
+    if let Some(io) = crate::store::parquet_io::disk_full_in(&e) {
+        return StageError::io(path, io);
     }
     StageError::Parquet(e)
 }

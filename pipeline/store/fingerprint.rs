@@ -116,6 +116,20 @@ impl Fingerprint {
     }
 }
 
+/// The blake3 of each input file, in order.
+pub fn hash_inputs<P: AsRef<std::path::Path>>(paths: &[P]) -> super::Result<Vec<InputHash>> {
+    paths
+        .iter()
+        .map(|p| {
+            let p = p.as_ref();
+            super::blake3_file(p).map(|(h, _)| InputHash {
+                path: p.display().to_string(),
+                blake3: h,
+            })
+        })
+        .collect()
+}
+
 impl From<&str> for Fingerprint {
     fn from(s: &str) -> Self {
         Self::opaque(s)

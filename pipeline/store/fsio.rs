@@ -15,13 +15,18 @@ use std::path::{Component, Path, PathBuf};
 
 use super::{crash, io_err, Result, StoreError};
 
-/// The hidden temporary name used while `path` is being written.
-pub fn tmp_path(path: &Path) -> PathBuf {
+/// `.<name>.<suffix>` beside `path`: the hidden names of work in progress.
+fn hidden(path: &Path, suffix: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+    path.with_file_name(format!(".{name}.{suffix}"))
+}
+
+/// The hidden temporary name used while `path` is being written.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    hidden(path, "tmp")
 }
 
 fn parent(path: &Path) -> &Path {
@@ -272,11 +277,7 @@ pub fn switch_dir(new: &Path, live: &Path) -> Result<()> {
 
 /// Where [`switch_dir`]'s fallback parks the old set.
 pub fn old_path(live: &Path) -> PathBuf {
-    let name = live
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    live.with_file_name(format!(".{name}.old"))
+    hidden(live, "old")
 }
 
 #[cfg(test)]

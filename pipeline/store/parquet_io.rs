@@ -68,33 +68,24 @@ impl<W: Write> Write for Hashing<W> {
 use super::fsio::TempPath;
 pub use super::fsio::{commit_bytes, fsync_dir, tmp_path};
 
-/// A writer error as a store error; a full disk anywhere in its chain is named as such.
+/// The full-disk error inside a Parquet error, if it is one (the writer
+/// wraps I/O errors as `External`).
+pub fn disk_full_in(e: &parquet::errors::ParquetError) -> Option<std::io::Error> {
+    let io = match e {
+        parquet::errors::ParquetError::External(b) => b.downcast_ref::<std::io::Error>(),
+        _ => None,
+    }?;
+    super::is_disk_full(io)
+        .then(|| std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::ENOSPC)))
+}
+
+/// A writer error as a store error; a full disk is named as such.
 fn write_err(path: &Path, e: parquet::errors::ParquetError) -> StoreError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-    while let Some(x) = src {
-        if let Some(io) = x.downcast_ref::<std::io::Error>() {
-            if super::is_disk_full(io) {
-                return StoreError::DiskFull {
-                    path: path.to_path_buf(),
-                    source: std::io::Error::from_raw_os_error(
-                        io.raw_os_error().unwrap_or(libc::ENOSPC),
-                    ),
-                };
-            }
-        }
-        src = x.source();
-    }
-    if let parquet::errors::ParquetError::External(b) = &e {
-        if let Some(io) = b.downcast_ref::<std::io::Error>() {
-            if super::is_disk_full(io) {
-                return StoreError::DiskFull {
-                    path: path.to_path_buf(),
-                    source: std::io::Error::from_raw_os_error(
-                        io.raw_os_error().unwrap_or(libc::ENOSPC),
-                    ),
-                };
-            }
-        }
+    if let Some(source) = disk_full_in(&e) {
+        return StoreError::DiskFull {
+            path: path.to_path_buf(),
+            source,
+        };
     }
     StoreError::Write {
         path: path.to_path_buf(),

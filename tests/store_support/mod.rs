@@ -101,6 +101,29 @@ pub fn write_seeds(path: &Path, seeds: &[Seed]) {
     .expect("write seeds");
 }
 
+/// The committed scripted job (`data/jobs/scripted.toml`) with `out` set,
+/// seed paths made absolute and each `(from, to)` edit applied (each must match).
+pub fn scripted_job(dir: &Path, name: &str, out: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut text = std::fs::read_to_string(Path::new(root).join("data/jobs/scripted.toml"))
+        .expect("scripted job")
+        .replace(
+            "out = \"out/scripted\"",
+            &format!("out = {:?}", out.display().to_string()),
+        )
+        .replace("\"data/seeds/", &format!("\"{root}/data/seeds/"));
+    for (from, to) in edits {
+        assert!(
+            text.contains(from),
+            "the scripted job changed shape: {from}"
+        );
+        text = text.replace(from, to);
+    }
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).expect("write job");
+    p
+}
+
 /// A Parquet file with exactly these columns (all nullable).
 pub fn write_cols(path: &Path, cols: Vec<(&str, ArrayRef)>) {
     let schema = std::sync::Arc::new(Schema::new(
