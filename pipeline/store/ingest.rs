@@ -243,9 +243,48 @@ fn scalar_text(a: &dyn Array, i: usize) -> String {
     }
 }
 
+/// Seed files up to this size are read into memory before parsing: a
+/// corrupt length in a page header then costs a bounds check instead of
+/// seconds of reads past the end (a 20 KB fuzzed file took 24 s through the
+/// file reader, 2 s from memory). Bigger files are read from disk.
+const IN_MEMORY_BYTES: u64 = 64 << 20;
+
+/// The bytes of one seed file: in memory, or the open file.
+enum Source {
+    Mem(bytes::Bytes),
+    Disk(File),
+}
+
+impl parquet::file::reader::Length for Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Mem(b) => b.len() as u64,
+            Source::Disk(f) => parquet::file::reader::Length::len(f),
+        }
+    }
+}
+
+impl parquet::file::reader::ChunkReader for Source {
+    type T = Box<dyn std::io::Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(match self {
+            Source::Mem(b) => Box::new(b.get_read(start)?),
+            Source::Disk(f) => Box::new(f.get_read(start)?),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        match self {
+            Source::Mem(b) => b.get_bytes(start, length),
+            Source::Disk(f) => f.get_bytes(start, length),
+        }
+    }
+}
+
 struct Pending {
     path: PathBuf,
-    builder: ParquetRecordBatchReaderBuilder<File>,
+    builder: ParquetRecordBatchReaderBuilder<Source>,
 }
 
 /// Open and check one seed file (all file-level checks happen here).
@@ -265,8 +304,16 @@ fn open_file(path: &Path, batch_size: usize) -> Result<Pending> {
             reason: "empty file (0 bytes)".into(),
         });
     }
+    let source = if len <= IN_MEMORY_BYTES {
+        let mut b = Vec::with_capacity(len as usize);
+        use std::io::Read;
+        (&file).read_to_end(&mut b).map_err(io_err(path))?;
+        Source::Mem(bytes::Bytes::from(b))
+    } else {
+        Source::Disk(file)
+    };
     let builder = guarded(path, || {
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| StoreError::NotParquet {
+        ParquetRecordBatchReaderBuilder::try_new(source).map_err(|e| StoreError::NotParquet {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })
