@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
+use crate::recipes::run::decontaminate_output;
 use crate::report::compare::compare;
 use crate::report::Summary;
-use crate::stages::decontam::{decontaminate_final, DecontamConfig, DEFAULT_N, REJECTS_FILE};
+use crate::stages::decontam::{DecontamConfig, DEFAULT_N, REJECTS_FILE};
 use crate::store::parquet_io::WriteOptions;
 
 #[derive(Debug, Args)]
@@ -39,7 +40,7 @@ pub fn run_decontaminate(a: DecontaminateArgs) -> anyhow::Result<ExitCode> {
     };
     cfg.validate()?;
     let index = cfg.index_path(None, &a.out);
-    let o = decontaminate_final(&a.out, &cfg, &index, &WriteOptions::default())
+    let o = decontaminate_output(&a.out, &cfg, &index, &WriteOptions::default())
         .with_context(|| format!("decontaminating {}", a.out.display()))?;
     println!(
         "{} rows flagged: {} of {} shipped chains share a {}-word n-gram with a benchmark",

@@ -120,15 +120,27 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(EXIT_INTERRUPTED))
         }
-        Err(RecipeError::Store(e @ crate::store::StoreError::LockHeld { .. })) => {
+        Err(e) => held_or(e),
+    }
+}
+
+/// A lock or lease held by another worker exits 75 (EX_TEMPFAIL: try again
+/// later); any other error is returned.
+fn held_or(e: RecipeError) -> anyhow::Result<ExitCode> {
+    use crate::store::StoreError;
+    match e {
+        RecipeError::Store(e @ (StoreError::LockHeld { .. } | StoreError::LeaseHeld { .. })) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(crate::cli::store::EXIT_LOCKED))
         }
-        Err(e) => Err(e.into()),
+        e => Err(e.into()),
     }
 }
 
 pub fn run_finalize(a: FinalizeArgs) -> anyhow::Result<ExitCode> {
     let job = job::load(&a.job)?;
-    Ok(print_final(&finalize(&job)?))
+    match finalize(&job) {
+        Ok(f) => Ok(print_final(&f)),
+        Err(e) => held_or(e),
+    }
 }

@@ -178,7 +178,9 @@ impl TreeSearch {
         }
         msgs.push(ChatMessage::new("user", seed.prompt.clone()));
         let text = engine.apply_chat_template(&msgs)? + &prompts.thought_open;
-        let tokens = engine.tokenize(&text, true)?;
+        // Seed text is tokenized plain: control-token strings in it cannot open turns.
+        let mut tokens = engine.chat_tokens(&msgs)?;
+        tokens.extend(engine.tokenize(&prompts.thought_open, false)?);
         if tokens.is_empty() {
             return Err(SearchError::Config(
                 "the prompt tokenizes to nothing".into(),

@@ -46,11 +46,13 @@ pub enum StageError {
 }
 
 impl StageError {
+    /// An I/O error on `path`; a full disk becomes the store's clear message.
     pub(crate) fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
-        StageError::Io {
-            path: path.into(),
-            source,
+        let path = path.into();
+        if crate::store::is_disk_full(&source) {
+            return StageError::Store(crate::store::StoreError::DiskFull { path, source });
         }
+        StageError::Io { path, source }
     }
 }
 

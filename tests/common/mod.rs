@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod wrap;
+
 /// The default model, or None when tests are told to skip real-model checks.
 /// Absent without COTFORGE_SKIP_MODEL=1 is a failure: CI must have fetched it.
 pub fn model_path() -> Option<PathBuf> {
