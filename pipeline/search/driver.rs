@@ -9,6 +9,12 @@
 //! entries are evicted least-recently-used when a slot or cells are needed,
 //! and a state whose sequence was evicted is rebuilt from the nearest cached
 //! ancestor (or from scratch): slower, never wrong.
+//!
+//! Failure isolation: an error that belongs to one tree (its sequence does
+//! not fit the context or the KV cache even alone, the engine refuses one of
+//! its tokens, its state machine reports an inconsistency) ends that tree as
+//! failed and frees what it holds; the other trees run on. Errors of the
+//! engine as a whole still stop the run.
 
 use std::time::Instant;
 
@@ -16,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineError, SeqId, StepRequest};
 
+use super::judge::Judge;
 use super::machine::{Ctl, StreamId, StreamStart, TreeSearch};
 use super::result::TreeResult;
 use super::tree::NodeId;
@@ -95,10 +102,20 @@ pub struct DriverReport {
     pub mean_cells: f64,
 }
 
-/// Progress after each finished tree.
+/// A tree that could not finish, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeFailure {
+    pub seed_id: String,
+    /// The error, with what to do when the cause is a setting.
+    pub error: String,
+}
+
+/// Progress after each finished (or failed) tree.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
+    /// Trees finished, failed ones included.
     pub trees_done: usize,
+    pub trees_failed: usize,
     pub trees_total: usize,
     pub tokens_sampled: u64,
     pub tokens_evaluated: u64,
@@ -143,9 +160,10 @@ enum Source {
 
 struct Driver<'a> {
     engine: &'a mut dyn Engine,
+    judge: Option<&'a mut dyn Judge>,
     cfg: DriverConfig,
     trees: Vec<Option<TreeSearch>>,
-    results: Vec<Option<TreeResult>>,
+    results: Vec<Option<Result<TreeResult, TreeFailure>>>,
     acct: Vec<Acct>,
     queue: std::collections::VecDeque<usize>,
     active: Vec<usize>,
@@ -162,11 +180,18 @@ struct Driver<'a> {
     order: u64,
     report: DriverReport,
     done: usize,
+    failed: usize,
+    /// Trees that failed inside a step or a start, ended by the run loop.
+    failing: Vec<(usize, SearchError)>,
     /// Sum of cells held after each step (for the mean).
     cells_sum: u64,
 }
 
-/// Run every tree to completion; results come back in input order.
+/// What a finished tree reports to `on_done`.
+pub type Outcome<'r> = Result<&'r TreeResult, &'r TreeFailure>;
+
+/// Run every tree to completion; results come back in input order. Any tree
+/// failure fails the run (see [`run_trees`] to keep the other trees).
 /// `on_done` is called as each tree finishes (for progress bars and streaming writes).
 pub fn run_many(
     engine: &mut dyn Engine,
@@ -174,11 +199,34 @@ pub fn run_many(
     cfg: &DriverConfig,
     on_done: &mut dyn FnMut(&TreeResult, &Progress),
 ) -> Result<(Vec<TreeResult>, DriverReport), SearchError> {
+    let (results, report) = run_trees(engine, None, trees, cfg, &mut |o, p| {
+        if let Ok(r) = o {
+            on_done(r, p)
+        }
+    })?;
+    let results = results
+        .into_iter()
+        .map(|r| r.map_err(|f| SearchError::Tree(f.seed_id, f.error)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((results, report))
+}
+
+/// Run every tree to completion, each on its own: a tree that fails ends as
+/// a [`TreeFailure`] and the others finish. `judge` scores chains for trees
+/// whose value uses `judge`. Results come back in input order.
+pub fn run_trees<'a>(
+    engine: &'a mut dyn Engine,
+    judge: Option<&'a mut dyn Judge>,
+    trees: Vec<TreeSearch>,
+    cfg: &DriverConfig,
+    on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
+) -> Result<(Vec<Result<TreeResult, TreeFailure>>, DriverReport), SearchError> {
     let n = trees.len();
     let base = engine.stats().clone();
     let t0 = Instant::now();
     let mut d = Driver {
         engine,
+        judge,
         cfg: cfg.clone(),
         trees: trees.into_iter().map(Some).collect(),
         results: (0..n).map(|_| None).collect(),
@@ -199,6 +247,8 @@ pub fn run_many(
             ..Default::default()
         },
         done: 0,
+        failed: 0,
+        failing: Vec::new(),
         cells_sum: 0,
     };
     let r = d.run(&base, t0, on_done);
@@ -225,12 +275,10 @@ pub fn run_many(
         .into_iter()
         .map(|r| r.ok_or(SearchError::Internal("a tree produced no result")))
         .collect::<Result<Vec<_>, _>>()?;
-    rep.distinct_tokens = results.iter().map(|r| r.stats.distinct_tokens).sum();
-    rep.resend_tokens = results.iter().map(|r| r.stats.resend_tokens).sum();
-    rep.resend_per_action_tokens = results
-        .iter()
-        .map(|r| r.stats.resend_per_action_tokens)
-        .sum();
+    let ok = || results.iter().filter_map(|r| r.as_ref().ok());
+    rep.distinct_tokens = ok().map(|r| r.stats.distinct_tokens).sum();
+    rep.resend_tokens = ok().map(|r| r.stats.resend_tokens).sum();
+    rep.resend_per_action_tokens = ok().map(|r| r.stats.resend_per_action_tokens).sum();
     Ok((results, d.report))
 }
 
@@ -239,11 +287,12 @@ impl Driver<'_> {
         &mut self,
         base: &crate::engine::EngineStats,
         t0: Instant,
-        on_done: &mut dyn FnMut(&TreeResult, &Progress),
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
     ) -> Result<(), SearchError> {
         loop {
             self.poll_active(base, t0, on_done)?;
             self.materialize()?;
+            self.end_failing(base, t0, on_done)?;
             // Fill the step: activate trees until enough streams run.
             while self.running.len() < self.engine.n_parallel()
                 && self.parked.is_empty()
@@ -265,6 +314,7 @@ impl Driver<'_> {
                 self.active.push(t);
                 self.poll_active(base, t0, on_done)?;
                 self.materialize()?;
+                self.end_failing(base, t0, on_done)?;
             }
             if self.running.is_empty() {
                 if self.waiting.is_empty()
@@ -292,6 +342,10 @@ impl Driver<'_> {
                     // Nothing runs, yet starts wait: free every cached sequence and retry once.
                     self.evict_all()?;
                     self.materialize()?;
+                    if !self.failing.is_empty() {
+                        self.end_failing(base, t0, on_done)?;
+                        continue;
+                    }
                     if self.running.is_empty() {
                         return Err(SearchError::Pool(format!(
                             "{} streams wait but no sequence can be created ({} live of n_seq_max {})",
@@ -304,7 +358,47 @@ impl Driver<'_> {
                 continue;
             }
             self.step()?;
+            self.end_failing(base, t0, on_done)?;
         }
+    }
+
+    /// Record that tree `t` failed with `e` if the error is the tree's own;
+    /// an error of the engine as a whole is returned.
+    fn tree_error(&mut self, t: usize, e: SearchError) -> Result<(), SearchError> {
+        let own = match &e {
+            SearchError::Engine(x) => matches!(
+                x,
+                EngineError::ContextFull { .. }
+                    | EngineError::KvFull(_)
+                    | EngineError::Tokenize(_)
+                    | EngineError::UnknownSequence(_)
+            ),
+            SearchError::Pool(_) => false,
+            _ => true,
+        };
+        if !own {
+            return Err(e);
+        }
+        if !self.failing.iter().any(|(f, _)| *f == t) {
+            self.failing.push((t, e));
+        }
+        Ok(())
+    }
+
+    fn is_failing(&self, t: usize) -> bool {
+        self.failing.iter().any(|(f, _)| *f == t)
+    }
+
+    fn end_failing(
+        &mut self,
+        base: &crate::engine::EngineStats,
+        t0: Instant,
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
+    ) -> Result<(), SearchError> {
+        for (t, e) in std::mem::take(&mut self.failing) {
+            self.fail_tree(t, e, base, t0, on_done)?;
+        }
+        Ok(())
     }
 
     /// Poll trees with nothing running or waiting; finish the ones that stopped.
@@ -312,7 +406,7 @@ impl Driver<'_> {
         &mut self,
         base: &crate::engine::EngineStats,
         t0: Instant,
-        on_done: &mut dyn FnMut(&TreeResult, &Progress),
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
     ) -> Result<(), SearchError> {
         let mut i = 0;
         while i < self.active.len() {
@@ -327,6 +421,17 @@ impl Driver<'_> {
             let tree = self.trees[t]
                 .as_mut()
                 .ok_or(SearchError::Internal("active tree already finished"))?;
+            let judge_wanted = tree.judge_requests();
+            if !judge_wanted.is_empty() {
+                if let Err(e) = self.judge_tree(t, &judge_wanted) {
+                    self.active.remove(i);
+                    self.fail_tree(t, e, base, t0, on_done)?;
+                    continue;
+                }
+            }
+            let Some(tree) = self.trees[t].as_mut() else {
+                return Err(SearchError::Internal("active tree already finished"));
+            };
             let starts = tree.poll();
             if starts.is_empty() && tree.is_done() {
                 self.active.remove(i);
@@ -346,7 +451,7 @@ impl Driver<'_> {
         t: usize,
         base: &crate::engine::EngineStats,
         t0: Instant,
-        on_done: &mut dyn FnMut(&TreeResult, &Progress),
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
     ) -> Result<(), SearchError> {
         let mut k = 0;
         while k < self.cache.len() {
@@ -363,16 +468,85 @@ impl Driver<'_> {
         let a = self.acct[t];
         let res = tree.finish(a.evaluated, a.resend);
         self.done += 1;
+        let p = self.progress(base, t0);
+        on_done(Ok(&res), &p);
+        self.results[t] = Some(Ok(res));
+        Ok(())
+    }
+
+    fn progress(&self, base: &crate::engine::EngineStats, t0: Instant) -> Progress {
         let st = self.engine.stats();
-        let p = Progress {
+        Progress {
             trees_done: self.done,
+            trees_failed: self.failed,
             trees_total: self.trees.len(),
             tokens_sampled: st.tokens_sampled - base.tokens_sampled,
             tokens_evaluated: st.tokens_evaluated - base.tokens_evaluated,
             elapsed_seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Score one tree's chains with the judge and hand the scores back.
+    fn judge_tree(
+        &mut self,
+        t: usize,
+        reqs: &[super::judge::JudgeRequest],
+    ) -> Result<(), SearchError> {
+        let judge = self.judge.as_deref_mut().ok_or_else(|| {
+            SearchError::Config(
+                "the value uses `judge` but this run has no judge engine ([search.judge])".into(),
+            )
+        })?;
+        let scores = judge.judge(reqs)?;
+        let tree = self.trees[t]
+            .as_mut()
+            .ok_or(SearchError::Internal("judged tree already finished"))?;
+        for (r, s) in reqs.iter().zip(scores) {
+            tree.on_judge(r.node, s)?;
+        }
+        Ok(())
+    }
+
+    /// End tree `t` as failed: free everything it holds, record why. The
+    /// caller has removed it from `active` (or it never was).
+    fn fail_tree(
+        &mut self,
+        t: usize,
+        err: SearchError,
+        base: &crate::engine::EngineStats,
+        t0: Instant,
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
+    ) -> Result<(), SearchError> {
+        self.active.retain(|&a| a != t);
+        self.waiting.retain(|(w, _)| *w != t);
+        self.parked.retain(|p| p.tree != t);
+        for r in std::mem::take(&mut self.running) {
+            if r.tree == t {
+                self.engine.release(r.seq)?;
+            } else {
+                self.running.push(r);
+            }
+        }
+        for c in std::mem::take(&mut self.cache) {
+            if c.tree == t {
+                self.engine.release(c.seq)?;
+            } else {
+                self.cache.push(c);
+            }
+        }
+        let Some(tree) = self.trees[t].take() else {
+            return Err(SearchError::Internal("tree failed after it finished"));
         };
-        on_done(&res, &p);
-        self.results[t] = Some(res);
+        tracing::warn!(seed = tree.seed_id(), "search tree failed: {err}");
+        let f = TreeFailure {
+            seed_id: tree.seed_id().to_string(),
+            error: err.to_string(),
+        };
+        self.done += 1;
+        self.failed += 1;
+        let p = self.progress(base, t0);
+        on_done(Err(&f), &p);
+        self.results[t] = Some(Err(f));
         Ok(())
     }
 
@@ -496,8 +670,13 @@ impl Driver<'_> {
         self.unpark()?;
         let waiting = std::mem::take(&mut self.waiting);
         for (t, start) in waiting {
-            if !self.try_start(t, &start)? {
-                self.waiting.push((t, start));
+            if self.is_failing(t) {
+                continue;
+            }
+            match self.try_start(t, &start) {
+                Ok(true) => {}
+                Ok(false) => self.waiting.push((t, start)),
+                Err(e) => self.tree_error(t, e)?,
             }
         }
         Ok(())
@@ -531,7 +710,10 @@ impl Driver<'_> {
             None => {
                 self.report.fresh_sequences += 1;
                 let seq = self.engine.new_sequence()?;
-                self.engine.append(seq, &start.tokens)?;
+                if let Err(e) = self.engine.append(seq, &start.tokens) {
+                    self.engine.release(seq)?;
+                    return Err(e.into());
+                }
                 seq
             }
             Some((src, len)) => {
@@ -551,13 +733,19 @@ impl Driver<'_> {
                     self.report.forks += 1;
                     self.engine.fork(src_seq)?
                 };
-                self.engine.truncate(seq, len)?;
-                self.engine
-                    .append(seq, start.tokens.get(len..).unwrap_or(&[]))?;
+                let extended = self.engine.truncate(seq, len).and_then(|_| {
+                    self.engine
+                        .append(seq, start.tokens.get(len..).unwrap_or(&[]))
+                });
+                if let Err(e) = extended {
+                    self.engine.release(seq)?;
+                    return Err(e.into());
+                }
                 seq
             }
         };
         if self.engine.tokens(seq)? != start.tokens.as_slice() {
+            self.engine.release(seq)?;
             return Err(SearchError::Internal(
                 "a stream's sequence does not hold its start state",
             ));
@@ -615,14 +803,21 @@ impl Driver<'_> {
         }
         let mut reqs = Vec::with_capacity(picked.len());
         for &i in &picked {
-            let r = &self.running[i];
-            let tree = self.trees[r.tree]
+            let (t, stream, seq) = (
+                self.running[i].tree,
+                self.running[i].stream,
+                self.running[i].seq,
+            );
+            let tree = self.trees[t]
                 .as_ref()
                 .ok_or(SearchError::Internal("running stream of a finished tree"))?;
-            reqs.push(StepRequest {
-                seq: r.seq,
-                sampling: tree.sampling(r.stream)?,
-            });
+            match tree.sampling(stream) {
+                Ok(sampling) => reqs.push(StepRequest { seq, sampling }),
+                Err(e) => {
+                    self.tree_error(t, e)?;
+                    return Ok(());
+                }
+            }
         }
         let calls_before = self.engine.stats().decode_calls;
         let outs = loop {
@@ -651,9 +846,23 @@ impl Driver<'_> {
                     // Nothing cached is left to drop: swap out the newest tree's
                     // stream and let the others finish first.
                     if self.running.len() <= 1 {
-                        return Err(SearchError::Engine(EngineError::KvFull(msg)));
+                        // One stream alone does not fit: that tree cannot run here.
+                        let t = self.running[0].tree;
+                        let e = EngineError::KvFull(format!(
+                            "{msg}; one stream of this seed alone needs more KV cells than n_ctx: \
+                             raise [engine] n_ctx or lower the search's token budgets"
+                        ));
+                        self.tree_error(t, e.into())?;
+                        return Ok(());
                     }
                     self.park_newest()?;
+                    return Ok(());
+                }
+                Err(EngineError::ContextFull { seq, pos, n_ctx }) => {
+                    let Some(r) = self.running.iter().find(|r| r.seq == seq) else {
+                        return Err(EngineError::ContextFull { seq, pos, n_ctx }.into());
+                    };
+                    self.tree_error(r.tree, EngineError::ContextFull { seq, pos, n_ctx }.into())?;
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
@@ -672,17 +881,33 @@ impl Driver<'_> {
                 r.last_step = self.tick;
                 (r.tree, r.stream, r.seq)
             };
+            if self.is_failing(t) {
+                continue;
+            }
             let tree = self.trees[t]
                 .as_mut()
                 .ok_or(SearchError::Internal("running stream of a finished tree"))?;
-            match tree.on_token(stream, &outs[k])? {
+            let ctl = match tree.on_token(stream, &outs[k]) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.tree_error(t, e)?;
+                    continue;
+                }
+            };
+            match ctl {
                 Ctl::Continue => {}
                 Ctl::Edit {
                     truncate_to,
                     append,
                 } => {
-                    self.engine.truncate(seq, truncate_to)?;
-                    self.engine.append(seq, &append)?;
+                    let edited = self
+                        .engine
+                        .truncate(seq, truncate_to)
+                        .and_then(|_| self.engine.append(seq, &append));
+                    if let Err(e) = edited {
+                        self.tree_error(t, e.into())?;
+                        continue;
+                    }
                 }
                 Ctl::Finish { covers } => {
                     finished.push(i);
@@ -701,11 +926,13 @@ impl Driver<'_> {
                     continue;
                 }
             }
-            let expect = tree.expected_len(stream)?;
-            if self.engine.tokens(seq)?.len() != expect {
-                return Err(SearchError::Internal(
-                    "a stream's sequence length disagrees with its tree",
-                ));
+            let expect = self.trees[t].as_ref().map(|tree| tree.expected_len(stream));
+            let ok = matches!(expect, Some(Ok(n)) if self.engine.tokens(seq)?.len() == n);
+            if !ok {
+                self.tree_error(
+                    t,
+                    SearchError::Internal("a stream's sequence length disagrees with its tree"),
+                )?;
             }
         }
         finished.sort_unstable();
