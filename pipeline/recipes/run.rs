@@ -321,6 +321,7 @@ fn run_recipe_shard(
                 filters,
                 meta: meta.clone(),
                 trees_dir: Some(trees),
+                judge: None,
             };
             track_and_run(&sopts, seeds, &mut p, progress, cancel)
         }

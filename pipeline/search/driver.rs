@@ -100,6 +100,10 @@ pub struct DriverReport {
     pub peak_cells: u64,
     /// Mean KV cells held between two steps.
     pub mean_cells: f64,
+    /// The cell budget at the end of the run (it grows while evictions cost
+    /// re-evaluation; see `DriverConfig::max_cells`).
+    #[serde(default)]
+    pub final_max_cells: Option<usize>,
 }
 
 /// A tree that could not finish, and why.

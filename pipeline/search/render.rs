@@ -81,3 +81,49 @@ pub fn render_tree(t: &TreeExport, width: usize, max_depth: Option<usize>) -> St
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{CoreLimits, ScriptedConfig, ScriptedEngine};
+    use crate::recipes::marco::tree_file_stem;
+    use crate::record::Seed;
+    use crate::search::{default_verifier, run_many, DriverConfig, SearchConfig, TreeSearch};
+
+    #[test]
+    fn render_marks_the_best_path() {
+        let mut e = ScriptedEngine::scripted(
+            ScriptedConfig::default(),
+            CoreLimits {
+                n_ctx: 1 << 20,
+                n_batch: 4096,
+                n_parallel: 4,
+                n_seq_max: 16,
+            },
+        );
+        let seed = Seed {
+            id: "s/1".into(),
+            prompt: "Add 2 and 3.".into(),
+            reference_answer: Some("5".into()),
+            ..Default::default()
+        };
+        let cfg = SearchConfig {
+            max_rollouts: 4,
+            ..Default::default()
+        };
+        let t = TreeSearch::new(&e, &seed, &cfg, default_verifier()).unwrap();
+        let (r, _) = run_many(&mut e, vec![t], &DriverConfig::default(), &mut |_, _| {}).unwrap();
+        let json = r[0].tree.to_json();
+        let back: TreeExport = serde_json::from_str(&json).unwrap();
+        let out = render_tree(&back, 40, None);
+        let starred = out.lines().filter(|l| l.starts_with('*')).count();
+        assert_eq!(starred, back.best_path.len());
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.contains("[") && l.contains("N="))
+                .count(),
+            back.nodes.len()
+        );
+        assert_eq!(tree_file_stem("s/1"), "s_1");
+    }
+}
