@@ -16,8 +16,8 @@ use crate::record::{Chain, Recipe, Reject, Seed};
 use crate::search::driver::Outcome;
 use crate::search::ship::decide;
 use crate::search::{
-    run_trees, ChainMeta, DriverConfig, DriverReport, EngineJudge, Judge, Progress, SearchConfig,
-    TreeResult, TreeSearch, Verifier,
+    run_trees, ChainMeta, DriverConfig, DriverReport, Judge, Progress, SearchConfig, TreeResult,
+    TreeSearch, Verifier,
 };
 use crate::stages::filter::FilterChain;
 use crate::stages::reject_for;
@@ -42,7 +42,7 @@ pub struct MarcoCot<'e> {
     /// Where to write each tree's JSON (`OUT/trees/<seed id>.json`), if anywhere.
     pub trees_dir: Option<PathBuf>,
     /// The judge of `value = "judge"`; built from `search.judge` on first use when `None`.
-    pub judge: Option<EngineJudge>,
+    pub judge: Option<Box<dyn Judge>>,
 }
 
 /// One distinct chain of a tree: the row, whether it shipped, and why (the
@@ -111,7 +111,7 @@ impl MarcoCot<'_> {
             let cfg = self.search.judge.as_ref().ok_or_else(|| {
                 RecipeError::Job("value uses `judge` but [search.judge] is not set".into())
             })?;
-            self.judge = Some(cfg.build()?);
+            self.judge = Some(Box::new(cfg.build()?));
         }
         Ok(())
     }
@@ -145,7 +145,10 @@ impl MarcoCot<'_> {
                 }
             }
         }
-        let judge = self.judge.as_mut().map(|j| j as &mut dyn Judge);
+        let judge: Option<&mut dyn Judge> = match self.judge.as_mut() {
+            Some(j) => Some(j.as_mut()),
+            None => None,
+        };
         let (results, report) = run_trees(self.engine, judge, trees, &self.driver, on_tree)?;
         for (i, r) in idx.into_iter().zip(results) {
             let seed = &seeds[i];

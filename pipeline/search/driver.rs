@@ -162,9 +162,9 @@ enum Source {
     Cached(usize),
 }
 
-struct Driver<'a> {
+struct Driver<'a, 'j> {
     engine: &'a mut dyn Engine,
-    judge: Option<&'a mut dyn Judge>,
+    judge: Option<&'j mut dyn Judge>,
     cfg: DriverConfig,
     trees: Vec<Option<TreeSearch>>,
     results: Vec<Option<Result<TreeResult, TreeFailure>>>,
@@ -218,9 +218,9 @@ pub fn run_many(
 /// Run every tree to completion, each on its own: a tree that fails ends as
 /// a [`TreeFailure`] and the others finish. `judge` scores chains for trees
 /// whose value uses `judge`. Results come back in input order.
-pub fn run_trees<'a>(
-    engine: &'a mut dyn Engine,
-    judge: Option<&'a mut dyn Judge>,
+pub fn run_trees(
+    engine: &mut dyn Engine,
+    judge: Option<&mut dyn Judge>,
     trees: Vec<TreeSearch>,
     cfg: &DriverConfig,
     on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
@@ -286,7 +286,7 @@ pub fn run_trees<'a>(
     Ok((results, d.report))
 }
 
-impl Driver<'_> {
+impl Driver<'_, '_> {
     fn run(
         &mut self,
         base: &crate::engine::EngineStats,

@@ -92,6 +92,8 @@ struct Stream {
     /// Tokens this stream may sample (thought and answers).
     allot: u32,
     used: u32,
+    /// `used` when the current attempt (the first, or the last reflection) began.
+    attempt_start: u32,
     /// Length of the engine sequence as the tree believes it.
     seq_len: usize,
     /// Node whose answer is being written.
@@ -494,6 +496,7 @@ impl TreeSearch {
                 ans_bytes: Vec::new(),
                 allot,
                 used: 0,
+                attempt_start: 0,
                 seq_len: tokens.len(),
                 terminal: None,
                 ended: Vec::new(),
@@ -687,11 +690,13 @@ impl TreeSearch {
             ReflectionPolicy::Always => true,
         };
         let s = &self.streams[i];
-        // A reflection is worth starting only with room for a thought of at
-        // least an answer's length and the answer, in the allotment and in
-        // the context.
+        // A reflection is worth starting only with room for another attempt
+        // as long as the one that just ended (and at least a thought of an
+        // answer's length and the answer), in the allotment and the context:
+        // a reflection cut by the budget would be answered half-written.
         let answer = self.cfg.answer_max_tokens;
-        let funded = s.used + 2 * (answer + 1) <= s.allot;
+        let attempt = (s.used - s.attempt_start).max(2 * (answer + 1));
+        let funded = s.used + attempt <= s.allot;
         let refl_len = self
             .inj
             .reflection_glued
@@ -723,6 +728,7 @@ impl TreeSearch {
             s.cur = rid;
             s.phase = Phase::Thought;
             s.terminal = None;
+            s.attempt_start = s.used;
             s.seq_len = len + toks.len();
             return Ok(Ctl::Edit {
                 truncate_to: len,

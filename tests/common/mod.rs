@@ -27,3 +27,5 @@ pub fn model_path() -> Option<PathBuf> {
         p.display()
     );
 }
+
+pub mod play;
