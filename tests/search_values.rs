@@ -449,3 +449,39 @@ fn ship_policies_ship_what_they_say_and_keep_the_rest() {
         assert_eq!(x.processed.accepted[0].selected, Some(true));
     }
 }
+
+#[test]
+fn solved_seeds_pass_their_unspent_budget_to_unsolved_ones() {
+    let budget = 1200u32;
+    let cfg = |pool: bool| SearchConfig {
+        max_rollouts: 6,
+        max_tree_tokens: budget,
+        stop_after_verified: 1,
+        pool_unspent: pool,
+        value: ValueSpec::one(ValueKind::Verifier),
+        ..base()
+    };
+    let s = seeds(8, true);
+    // Right only for a few seeds: the prompt's number decides.
+    let rare: Arc<Verifier> =
+        Arc::new(|a: &str, r: &str| r.ends_with('3') || (r == "8" && a.starts_with('1')));
+    let plain = run_with(&mut engine(1 << 20, 4), cfg(false), rare.clone(), None, &s).unwrap();
+    let pooled = run_with(&mut engine(1 << 20, 4), cfg(true), rare.clone(), None, &s).unwrap();
+    let again = run_with(&mut engine(1 << 20, 1), cfg(true), rare, None, &s).unwrap();
+    let used =
+        |r: &Run| -> Vec<u32> { results(r).iter().map(|t| t.stats.tokens_sampled).collect() };
+    let (p, q) = (used(&plain), used(&pooled));
+    assert!(p.iter().all(|&u| u <= budget));
+    // The batch as a whole stays within its seeds' budgets...
+    assert!(q.iter().sum::<u32>() <= budget * s.len() as u32);
+    // ...while unsolved seeds searched past their own.
+    assert!(q.iter().any(|&u| u > budget), "{q:?}");
+    assert!(q.iter().sum::<u32>() > p.iter().sum::<u32>());
+    for (a, b) in results(&pooled).into_iter().zip(results(&again)) {
+        assert_eq!(
+            a.tree.to_json(),
+            b.tree.to_json(),
+            "pooling depends on batching"
+        );
+    }
+}

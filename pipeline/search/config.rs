@@ -277,6 +277,10 @@ pub struct SearchConfig {
     /// Stop a tree once it has this many distinct verified chains (0 = off):
     /// a solved seed then leaves its budget unspent.
     pub stop_after_verified: u32,
+    /// Trees of one batch that stop with budget left (solved: see
+    /// `stop_after_verified`) pass it on to the batch's unsolved trees, which
+    /// search on: a batch never samples more than its seeds' budgets together.
+    pub pool_unspent: bool,
     /// The second engine of `value = "judge"`.
     pub judge: Option<JudgeConfig>,
     /// System prompt when the seed has none; `None` uses prompts/search.toml, `""` sends none.
@@ -311,6 +315,7 @@ impl Default for SearchConfig {
             ship: None,
             ship_k: 3,
             stop_after_verified: 0,
+            pool_unspent: false,
             judge: None,
             system_prompt: None,
             prompts: None,

@@ -187,6 +187,10 @@ struct Driver<'a, 'j> {
     failed: usize,
     /// Trees that failed inside a step or a start, ended by the run loop.
     failing: Vec<(usize, SearchError)>,
+    /// Stopped trees of `pool_unspent` searches, held until every tree has
+    /// stopped, and the budget they left unspent.
+    held: Vec<usize>,
+    pool: u64,
     /// Sum of cells held after each step (for the mean).
     cells_sum: u64,
 }
@@ -253,6 +257,8 @@ pub fn run_trees(
         done: 0,
         failed: 0,
         failing: Vec::new(),
+        held: Vec::new(),
+        pool: 0,
         cells_sum: 0,
     };
     let r = d.run(&base, t0, on_done);
@@ -326,6 +332,12 @@ impl Driver<'_, '_> {
                     && self.active.is_empty()
                     && self.queue.is_empty()
                 {
+                    if self.redistribute()? {
+                        continue;
+                    }
+                    for t in std::mem::take(&mut self.held) {
+                        self.finish_tree(t, base, t0, on_done)?;
+                    }
                     return Ok(());
                 }
                 if !self.parked.is_empty() {
@@ -438,8 +450,14 @@ impl Driver<'_, '_> {
             };
             let starts = tree.poll();
             if starts.is_empty() && tree.is_done() {
+                let hold = tree.config().pool_unspent;
                 self.active.remove(i);
-                self.finish_tree(t, base, t0, on_done)?;
+                if hold {
+                    self.release_cache(t)?;
+                    self.held.push(t);
+                } else {
+                    self.finish_tree(t, base, t0, on_done)?;
+                }
                 continue;
             }
             for s in starts {
@@ -450,13 +468,8 @@ impl Driver<'_, '_> {
         Ok(())
     }
 
-    fn finish_tree(
-        &mut self,
-        t: usize,
-        base: &crate::engine::EngineStats,
-        t0: Instant,
-        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
-    ) -> Result<(), SearchError> {
+    /// Free the cached sequences of tree `t`.
+    fn release_cache(&mut self, t: usize) -> Result<(), SearchError> {
         let mut k = 0;
         while k < self.cache.len() {
             if self.cache[k].tree == t {
@@ -466,6 +479,59 @@ impl Driver<'_, '_> {
                 k += 1;
             }
         }
+        Ok(())
+    }
+
+    /// Every tree has stopped: pass the budget the held trees left unspent
+    /// to those that want more (in input order, equal shares), and start
+    /// them again. Depends only on the trees' states, never on batching.
+    /// Returns whether any tree was restarted.
+    fn redistribute(&mut self) -> Result<bool, SearchError> {
+        if self.held.is_empty() {
+            return Ok(false);
+        }
+        self.held.sort_unstable();
+        let mut wanting = Vec::new();
+        for &t in &self.held {
+            let tree = self.trees[t]
+                .as_mut()
+                .ok_or(SearchError::Internal("held tree already finished"))?;
+            self.pool += tree.give_back() as u64;
+            if tree.wants_more() {
+                wanting.push(t);
+            }
+        }
+        if wanting.is_empty() {
+            return Ok(false);
+        }
+        let share = self.pool / wanting.len() as u64;
+        let mut restarted = false;
+        for t in wanting {
+            let tree = self.trees[t]
+                .as_mut()
+                .ok_or(SearchError::Internal("held tree already finished"))?;
+            let need = tree.rollout_need() as u64;
+            if share < need {
+                continue;
+            }
+            let rollouts = (share / need).max(1) as u32;
+            tree.extend(share as u32, rollouts);
+            self.pool -= share;
+            self.held.retain(|&h| h != t);
+            self.queue.push_back(t);
+            restarted = true;
+        }
+        Ok(restarted)
+    }
+
+    fn finish_tree(
+        &mut self,
+        t: usize,
+        base: &crate::engine::EngineStats,
+        t0: Instant,
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
+    ) -> Result<(), SearchError> {
+        self.release_cache(t)?;
         let tree = self.trees[t]
             .take()
             .ok_or(SearchError::Internal("tree finished twice"))?;
@@ -522,6 +588,7 @@ impl Driver<'_, '_> {
         on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
     ) -> Result<(), SearchError> {
         self.active.retain(|&a| a != t);
+        self.held.retain(|&h| h != t);
         self.waiting.retain(|(w, _)| *w != t);
         self.parked.retain(|p| p.tree != t);
         for r in std::mem::take(&mut self.running) {

@@ -306,6 +306,53 @@ impl TreeSearch {
     pub fn is_done(&self) -> bool {
         self.stop.is_some()
     }
+
+    /// Tokens of the budget this tree has not sampled.
+    pub fn unspent(&self) -> u32 {
+        self.cfg.max_tree_tokens.saturating_sub(self.used)
+    }
+
+    /// Whether the tree has what `stop_after_verified` asks for.
+    pub fn solved(&self) -> bool {
+        let want = self.cfg.stop_after_verified;
+        want > 0 && self.distinct_verified_chains() >= want as usize
+    }
+
+    /// A stopped tree that more budget could help: not solved, and stopped
+    /// by its token budget or rollout count (not because nothing is left).
+    pub fn wants_more(&self) -> bool {
+        !self.solved()
+            && matches!(
+                self.stop,
+                Some(StopReason::TokenBudget) | Some(StopReason::Rollouts)
+            )
+    }
+
+    /// What one rollout of this tree costs on average so far (tokens).
+    pub fn rollout_need(&self) -> u32 {
+        let c = &self.cfg;
+        match self.finished_streams {
+            0 => c.max_thought_tokens / 2 + c.answer_max_tokens,
+            k => (self.finished_stream_tokens / k as u64) as u32,
+        }
+        .max(c.answer_max_tokens + 1)
+    }
+
+    /// Hand the budget this tree has not spent back: its budget becomes what
+    /// it used. Returns the tokens given back.
+    pub fn give_back(&mut self) -> u32 {
+        let u = self.unspent();
+        self.cfg.max_tree_tokens = self.used;
+        u
+    }
+
+    /// Search on from where the tree stopped with `tokens` more budget and
+    /// `rollouts` more rollouts (the batch's unspent budget, `pool_unspent`).
+    pub fn extend(&mut self, tokens: u32, rollouts: u32) {
+        self.cfg.max_tree_tokens += tokens;
+        self.cfg.max_rollouts += rollouts;
+        self.stop = None;
+    }
     /// Length of the close tag the pipeline appends at a terminal state.
     pub fn close_tag_len(&self) -> usize {
         self.inj.close.len()
@@ -396,9 +443,7 @@ impl TreeSearch {
         if c.early_stop_chains > 0 && self.distinct_chains() >= c.early_stop_chains as usize {
             return Some(StopReason::EnoughChains);
         }
-        if c.stop_after_verified > 0
-            && self.distinct_verified_chains() >= c.stop_after_verified as usize
-        {
+        if self.solved() {
             return Some(StopReason::EnoughVerified);
         }
         let root = self.tree.node(NodeId::ROOT);
@@ -453,11 +498,8 @@ impl TreeSearch {
         // streams cannot spend the budget of later ones on long reflections.
         // A rollout is assumed to need what finished streams used on average
         // (before any finished: half the thought cap and an answer).
-        let need = match self.finished_streams {
-            0 => c.max_thought_tokens / 2 + c.answer_max_tokens,
-            k => (self.finished_stream_tokens / k as u64) as u32,
-        }
-        .max(min_allot);
+        let need = self.rollout_need();
+        let c = &self.cfg;
         let fundable = (remaining / need).max(n);
         let rollouts_left = (c.max_rollouts - self.rollouts).min(fundable);
         let per_chain = c.max_thought_tokens + c.answer_max_tokens;
@@ -475,8 +517,6 @@ impl TreeSearch {
             .map(|id| (id, self.tree.node(id).path_len as usize))
             .collect();
         let tokens = self.tree.path_tokens(x);
-        self.stream_base += self.streams.len() as u32;
-        self.streams.clear();
         self.iterations += 1;
         let mut out = Vec::with_capacity(n as usize);
         for j in 0..n as u64 {
@@ -836,6 +876,9 @@ impl TreeSearch {
             let v = self.value_of(t, confidence, &votes);
             self.tree.backprop(t, v);
         }
+        // The iteration is over: its stream ids are never reused.
+        self.stream_base += self.streams.len() as u32;
+        self.streams.clear();
         self.tree.sort_children();
         self.recompute_exhausted();
     }
