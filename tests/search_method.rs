@@ -253,3 +253,42 @@ fn a_tree_that_does_not_fit_fails_alone() {
     .is_err());
     let _ = SelectRule::MostVisited;
 }
+
+#[test]
+fn the_kv_cell_budget_grows_by_what_evictions_cost() {
+    let cfg = SearchConfig {
+        max_rollouts: 9,
+        max_tree_tokens: 3000,
+        ..Default::default()
+    };
+    let seeds: Vec<Seed> = (0..4)
+        .map(|i| seed(&format!("k{i}"), &format!("Add {i} and 5."), Some("9")))
+        .collect();
+    let run = |grow: bool| {
+        let mut e = scripted(1 << 20);
+        let trees = seeds
+            .iter()
+            .map(|s| TreeSearch::new(&e, s, &cfg, default_verifier()).unwrap())
+            .collect();
+        let d = DriverConfig {
+            max_cells: Some(64),
+            grow_cells: grow,
+            ..Default::default()
+        };
+        run_many(&mut e, trees, &d, &mut |_, _| {}).unwrap()
+    };
+    let (fixed, rf) = run(false);
+    let (grown, rg) = run(true);
+    assert_eq!(rf.final_max_cells, Some(64));
+    assert!(rg.final_max_cells.unwrap() > 64);
+    assert!(
+        rg.tokens_evaluated < rf.tokens_evaluated,
+        "{} evaluated with growth, {} without",
+        rg.tokens_evaluated,
+        rf.tokens_evaluated
+    );
+    // Caching never changes a tree.
+    for (a, b) in fixed.iter().zip(&grown) {
+        assert_eq!(a.tree.to_json(), b.tree.to_json());
+    }
+}

@@ -325,6 +325,12 @@ pub struct ArmReport {
     pub ship_precision: Option<f64>,
     /// AUROC of the chains' value for being verified.
     pub auroc: Option<f64>,
+    /// The same for the reference-free scores every chain carries, whatever
+    /// value steered the arm: mean confidence, answer agreement, and their
+    /// 0.3 / 0.7 mix.
+    pub auroc_confidence: Option<f64>,
+    pub auroc_self_consistency: Option<f64>,
+    pub auroc_mix: Option<f64>,
     pub tokens_per_seed: f64,
     pub tokens_per_chain: f64,
     pub seeds_per_hour: f64,
@@ -758,9 +764,12 @@ pub fn summarize(
     let decode: f64 = recs.iter().map(|r| r.decode_seconds).sum();
     let evaluated: u64 = recs.iter().map(|r| r.tokens_evaluated).sum();
     let distinct: u64 = recs.iter().map(|r| r.distinct_tokens).sum();
-    let scored: Vec<(f64, bool)> = chains()
-        .filter_map(|c| c.verified.map(|v| (c.value, v)))
-        .collect();
+    let scored_by = |f: &dyn Fn(&ChainRecord) -> f64| -> Option<f64> {
+        let v: Vec<(f64, bool)> = chains()
+            .filter_map(|c| c.verified.map(|v| (f(c), v)))
+            .collect();
+        auroc(&v)
+    };
     let n_chains = chains().count();
     let has_ref = true;
     ArmReport {
@@ -788,7 +797,10 @@ pub fn summarize(
                 shipped.len() as f64,
             )
         }),
-        auroc: auroc(&scored),
+        auroc: scored_by(&|c| c.value),
+        auroc_confidence: scored_by(&|c| c.reward),
+        auroc_self_consistency: scored_by(&|c| c.agreement),
+        auroc_mix: scored_by(&|c| 0.3 * c.reward + 0.7 * c.agreement),
         tokens_per_seed: ratio(sampled as f64, seeds as f64),
         tokens_per_chain: ratio(
             chains().map(|c| c.tokens as f64).sum::<f64>(),
@@ -881,6 +893,10 @@ fn targets(t: &TargetArms, set: &str, arms: &[ArmReport]) -> Vec<Target> {
     out
 }
 
+fn f3(x: Option<f64>) -> String {
+    x.map_or("-".into(), |x| format!("{x:.3}"))
+}
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
@@ -904,7 +920,7 @@ pub fn render(r: &QualityReport) -> String {
     }
     for set in &sets {
         let _ = writeln!(s, "\n### {set}\n");
-        let _ = writeln!(s, "| arm | value | rule | seeds | selected acc | verified coverage | verified chains /1k tok | ship | shipped | ship precision | AUROC(value) | tokens/seed | seeds/hour | eval/distinct | decode vs batched-bench |");
+        let _ = writeln!(s, "| arm | value | rule | seeds | selected acc | verified coverage | verified chains /1k tok | ship | shipped | ship precision | AUROC value (conf / sc / mix) | tokens/seed | seeds/hour | eval/distinct | decode vs batched-bench |");
         let _ = writeln!(
             s,
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -931,7 +947,17 @@ pub fn render(r: &QualityReport) -> String {
                     a.ship,
                     if own { a.shipped.to_string() } else { "".into() },
                     if own { a.ship_precision.map_or("-".into(), pct) } else { "".into() },
-                    a.auroc.map_or("-".into(), |x| format!("{x:.3}")),
+                    if own {
+                        format!(
+                            "{} ({} / {} / {})",
+                            f3(a.auroc),
+                            f3(a.auroc_confidence),
+                            f3(a.auroc_self_consistency),
+                            f3(a.auroc_mix)
+                        )
+                    } else {
+                        String::new()
+                    },
                     a.tokens_per_seed,
                     a.seeds_per_hour,
                     a.evaluated_over_distinct,

@@ -46,6 +46,13 @@ pub struct DriverConfig {
     /// unified cache, so a tree cache far larger than the running streams
     /// slows every step; this trades a little re-evaluation for that.
     pub max_cells: Option<usize>,
+    /// Raise `max_cells` by what each eviction costs: a stream start that has
+    /// to re-evaluate evicted tokens adds them to the budget (up to three
+    /// quarters of the context). A budget tuned on one model and search is
+    /// then right for another: small trees keep a small cache, large trees
+    /// (a bigger model writes longer chains) grow it until little is
+    /// re-evaluated.
+    pub grow_cells: bool,
 }
 
 impl Default for DriverConfig {
@@ -55,6 +62,7 @@ impl Default for DriverConfig {
             max_cached: None,
             max_active_trees: None,
             max_cells: None,
+            grow_cells: true,
         }
     }
 }
@@ -191,6 +199,11 @@ struct Driver<'a, 'j> {
     /// stopped, and the budget they left unspent.
     held: Vec<usize>,
     pool: u64,
+    /// The cell budget in effect (`max_cells`, grown by `grow_cells`).
+    cells_budget: Option<usize>,
+    /// Trees that have held a sequence (a fresh start of another tree's
+    /// root is not a re-evaluation).
+    started: Vec<bool>,
     /// Sum of cells held after each step (for the mean).
     cells_sum: u64,
 }
@@ -259,6 +272,8 @@ pub fn run_trees(
         failing: Vec::new(),
         held: Vec::new(),
         pool: 0,
+        cells_budget: cfg.max_cells,
+        started: vec![false; n],
         cells_sum: 0,
     };
     let r = d.run(&base, t0, on_done);
@@ -280,6 +295,7 @@ pub fn run_trees(
     rep.sample_seconds = st.sample_seconds - base.sample_seconds;
     rep.wall_seconds = t0.elapsed().as_secs_f64();
     rep.mean_cells = d.cells_sum as f64 / rep.steps.len().max(1) as f64;
+    rep.final_max_cells = d.cells_budget;
     let results = d
         .results
         .into_iter()
@@ -823,6 +839,15 @@ impl Driver<'_, '_> {
         }
         // What a cache-less search would evaluate on top of what we will.
         let cached = self.engine.cached_len(seq)?;
+        // Tokens of this start that were evaluated before and evicted since.
+        let reeval = start.tokens.len().saturating_sub(cached + 1);
+        if self.started[t] && reeval > 0 && self.cfg.grow_cells {
+            let cap = self.engine.n_ctx() * 3 / 4;
+            if let Some(b) = self.cells_budget.as_mut() {
+                *b = (*b + reeval).min(cap.max(*b));
+            }
+        }
+        self.started[t] = true;
         let saved = if cached == start.tokens.len() {
             cached.saturating_sub(1)
         } else {
@@ -1015,7 +1040,7 @@ impl Driver<'_, '_> {
                 self.evict_lru(None)?;
             }
         }
-        if let Some(m) = self.cfg.max_cells {
+        if let Some(m) = self.cells_budget {
             while self.engine.cells_used() > m && self.evict_lru(None)? {}
         }
         let cells = self.engine.cells_used() as u64;
