@@ -211,7 +211,7 @@ fn a_tree_that_does_not_fit_fails_alone() {
         ..Default::default()
     };
     let long = "Count the words. ".repeat(40);
-    let seeds = vec![
+    let seeds = [
         seed("short-0", "Add 1 and 2.", Some("3")),
         seed("long", &long, Some("3")),
         seed("short-1", "Add 2 and 2.", Some("4")),

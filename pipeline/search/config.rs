@@ -26,15 +26,14 @@ pub enum Granularity {
     Token,
 }
 
+names!(Granularity, "granularity", {
+    Step => "step",
+    MiniStep32 => "mini-step-32",
+    MiniStep64 => "mini-step-64",
+    Token => "token",
+});
+
 impl Granularity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Granularity::Step => "step",
-            Granularity::MiniStep32 => "mini-step-32",
-            Granularity::MiniStep64 => "mini-step-64",
-            Granularity::Token => "token",
-        }
-    }
     /// Fixed action length in tokens, if this granularity has one.
     pub fn fixed_len(self) -> Option<u32> {
         match self {
@@ -43,31 +42,6 @@ impl Granularity {
             Granularity::MiniStep64 => Some(64),
             Granularity::Token => Some(1),
         }
-    }
-}
-
-impl std::str::FromStr for Granularity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            Granularity::Step,
-            Granularity::MiniStep32,
-            Granularity::MiniStep64,
-            Granularity::Token,
-        ]
-        .into_iter()
-        .find(|g| g.as_str() == s)
-        .ok_or_else(|| {
-            format!(
-                "unknown granularity '{s}' (expected step, mini-step-32, mini-step-64 or token)"
-            )
-        })
-    }
-}
-
-impl std::fmt::Display for Granularity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -85,20 +59,12 @@ pub enum ReflectionPolicy {
     Always,
 }
 
-impl std::str::FromStr for ReflectionPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "off" => Ok(Self::Off),
-            "on_wrong" | "on-wrong" => Ok(Self::OnWrong),
-            "on_low_reward" | "on-low-reward" => Ok(Self::OnLowReward),
-            "always" => Ok(Self::Always),
-            _ => Err(format!(
-                "unknown reflection policy '{s}' (expected off, on_wrong, on_low_reward or always)"
-            )),
-        }
-    }
-}
+names!(ReflectionPolicy, "reflection policy", {
+    Off => "off",
+    OnWrong => "on_wrong",
+    OnLowReward => "on_low_reward",
+    Always => "always",
+});
 
 /// Reflection settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,40 +101,11 @@ pub enum SelectRule {
     MajorityVote,
 }
 
-impl SelectRule {
-    pub const ALL: [SelectRule; 3] = [
-        SelectRule::MostVisited,
-        SelectRule::HighestReward,
-        SelectRule::MajorityVote,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SelectRule::MostVisited => "most_visited",
-            SelectRule::HighestReward => "highest_reward",
-            SelectRule::MajorityVote => "majority_vote",
-        }
-    }
-}
-
-impl std::fmt::Display for SelectRule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for SelectRule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SelectRule::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s || r.as_str().replace('_', "-") == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown select rule '{s}' (expected most_visited, highest_reward or majority_vote)"
-                )
-            })
-    }
-}
+names!(SelectRule, "select rule", {
+    MostVisited => "most_visited",
+    HighestReward => "highest_reward",
+    MajorityVote => "majority_vote",
+});
 
 /// Which of a tree's chains ship (the rest go to the rejected shard with the reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -184,21 +121,14 @@ pub enum ShipPolicy {
     All,
 }
 
+names!(ShipPolicy, "ship policy", {
+    Selected => "selected",
+    Verified => "verified",
+    TopK => "top_k",
+    All => "all",
+});
+
 impl ShipPolicy {
-    pub const ALL: [ShipPolicy; 4] = [
-        ShipPolicy::Selected,
-        ShipPolicy::Verified,
-        ShipPolicy::TopK,
-        ShipPolicy::All,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShipPolicy::Selected => "selected",
-            ShipPolicy::Verified => "verified",
-            ShipPolicy::TopK => "top_k",
-            ShipPolicy::All => "all",
-        }
-    }
     /// The default: `verified` when the seed has a reference answer, else `selected`.
     pub fn default_for(has_reference: bool) -> Self {
         if has_reference {
@@ -206,24 +136,6 @@ impl ShipPolicy {
         } else {
             ShipPolicy::Selected
         }
-    }
-}
-
-impl std::fmt::Display for ShipPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for ShipPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ShipPolicy::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s || p.as_str().replace('_', "-") == s)
-            .ok_or_else(|| {
-                format!("unknown ship policy '{s}' (expected selected, verified, top_k or all)")
-            })
     }
 }
 

@@ -12,6 +12,38 @@
 //! - [`ship`]: which chains of a tree ship, and why the others do not.
 //! - [`config`], [`prompts`], [`verify`]: settings, injected texts, answer checks.
 
+/// `ALL`, `as_str`, `Display` and `FromStr` of a closed enum from one list
+/// of names; parsing also takes `-` for `_`, and an unknown name's error
+/// lists the known ones.
+macro_rules! names {
+    ($t:ident, $what:literal, { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            pub const ALL: [$t; [$($s),+].len()] = [$($t::$v),+];
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($t::$v => $s),+
+                }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::ALL
+                    .into_iter()
+                    .find(|v| v.as_str() == s || v.as_str().replace('_', "-") == s)
+                    .ok_or_else(|| {
+                        format!("unknown {} '{s}' (expected {})", $what, [$($s),+].join(", "))
+                    })
+            }
+        }
+    };
+}
+
 pub mod config;
 pub mod driver;
 pub mod judge;

@@ -29,42 +29,12 @@ pub enum ValueKind {
     Judge,
 }
 
-impl ValueKind {
-    pub const ALL: [ValueKind; 4] = [
-        ValueKind::Confidence,
-        ValueKind::Verifier,
-        ValueKind::SelfConsistency,
-        ValueKind::Judge,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ValueKind::Confidence => "confidence",
-            ValueKind::Verifier => "verifier",
-            ValueKind::SelfConsistency => "self_consistency",
-            ValueKind::Judge => "judge",
-        }
-    }
-}
-
-impl std::str::FromStr for ValueKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ValueKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s || k.as_str().replace('_', "-") == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown value function '{s}' (expected confidence, verifier, self_consistency or judge)"
-                )
-            })
-    }
-}
-
-impl fmt::Display for ValueKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+names!(ValueKind, "value function", {
+    Confidence => "confidence",
+    Verifier => "verifier",
+    SelfConsistency => "self_consistency",
+    Judge => "judge",
+});
 
 /// The value as configured: one function, or a weighted mix.
 #[derive(Debug, Clone, PartialEq)]
