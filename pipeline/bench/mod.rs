@@ -2,12 +2,14 @@
 //! calls these and prints the tables; every report is a `Serialize` struct
 //! written as JSON beside the table.
 //!
+//! - [`engine`]: decode and scoring throughput against llama.cpp's own tools.
 //! - [`quality`]: what the search ships, measured against greedy CoT and
 //!   best-of-N at equal tokens (accuracy, coverage, AUROC of the value, ...).
 //! - [`search`]: MCTS throughput and KV reuse against `llama-batched-bench`.
 //! - [`tools`]: llama.cpp's own tools as baselines, and their output parsers.
 //! - [`metrics`]: AUROC and the other statistics the reports share.
 
+pub mod engine;
 pub mod metrics;
 pub mod quality;
 pub mod search;

@@ -2,7 +2,6 @@
 //! run, tables and JSON out. `bench engine` alternates cotforge with
 //! llama.cpp's own tools for several rounds because this class of machine
 //! swings ±20% between runs, and prints medians and ratios.
-#![cfg_attr(not(feature = "llama"), allow(dead_code))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::bench::engine::{render as render_engine, run_engine_bench, EngineBenchOptions};
 use crate::bench::quality::{
     render as render_quality, run_quality, write_json, QualityConfig, QualityOptions,
 };
@@ -171,147 +171,25 @@ fn quality(a: QualityBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(feature = "llama")]
 fn engine(a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
-    use crate::bench::tools::{
-        batched_bench_args, median, parse_batched_bench, parse_perplexity, run_tool, tool_version,
-        COTFORGE_LLAMA_CPP,
-    };
-    use crate::engine::{bench, ChatMessage, Engine, LlamaConfig, LlamaEngine};
-    use serde_json::json;
-    anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
-    let text = std::fs::read_to_string(&a.score_text)
+    let score_text = std::fs::read_to_string(&a.score_text)
         .with_context(|| format!("reading {}", a.score_text.display()))?;
-    let pmax = a.parallel.iter().copied().max().unwrap_or(1);
-    let npl = a
-        .parallel
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let bb_args = batched_bench_args(&a.model, 8192, a.npp, a.ntg, &npl, a.threads);
-    let ppl_text = std::env::temp_dir().join(format!("cotforge-score-{}.txt", std::process::id()));
-    std::fs::write(&ppl_text, &text)?;
-    let ppl_args: Vec<String> = [
-        "-m",
-        &a.model.display().to_string(),
-        "-f",
-        &ppl_text.display().to_string(),
-        "-c",
-        "512",
-        "-b",
-        "512",
-        "-ub",
-        "512",
-        "-t",
-        &a.threads.to_string(),
-        "-kvu",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-
-    let mut bb: Vec<Vec<(usize, f64)>> = Vec::new();
-    let mut ours: Vec<Vec<bench::DecodeRun>> = Vec::new();
-    let mut ppl: Vec<f64> = Vec::new();
-    let mut score: Vec<bench::ScoreRun> = Vec::new();
-    for round in 1..=a.rounds {
-        eprintln!("round {round}/{}: llama-batched-bench", a.rounds);
-        bb.push(parse_batched_bench(&run_tool(&a.batched_bench, &bb_args)?)?);
-        eprintln!("round {round}/{}: cotforge decode", a.rounds);
-        let cfg = LlamaConfig {
-            model: a.model.clone(),
-            n_ctx: 8192,
-            n_batch: 2048,
-            n_ubatch: 512,
-            n_parallel: pmax,
-            n_seq_max: pmax.max(2),
-            threads: a.threads,
-            ..Default::default()
-        };
-        let mut e = LlamaEngine::load(&cfg)?;
-        // The prompt: real text, npp tokens, like batched-bench's synthetic prompt.
-        let msg = e.apply_chat_template(&[ChatMessage::new("user", &text)])?;
-        let toks = e.tokenize(&msg, true)?;
-        anyhow::ensure!(
-            toks.len() >= a.npp,
-            "score text too short for npp {}",
-            a.npp
-        );
-        let prompt = &toks[..a.npp];
-        let mut r = Vec::new();
-        for &p in &a.parallel {
-            r.push(bench::decode(&mut e, prompt, p, a.ntg, round as u64)?);
-        }
-        ours.push(r);
-        drop(e);
-        eprintln!("round {round}/{}: llama-perplexity", a.rounds);
-        ppl.push(parse_perplexity(&run_tool(&a.perplexity, &ppl_args)?)?);
-        eprintln!("round {round}/{}: cotforge score", a.rounds);
-        let cfg = LlamaConfig {
-            n_ctx: 512,
-            n_batch: 512,
-            n_ubatch: 512,
-            n_parallel: 1,
-            n_seq_max: 1,
-            ..cfg
-        };
-        let mut e = LlamaEngine::load(&cfg)?;
-        let toks = e.tokenize(&text, true)?;
-        score.push(bench::score(&mut e, &toks, 512)?);
-    }
-    let _ = std::fs::remove_file(&ppl_text);
-
-    println!("engine benchmark: {} rounds alternated, {} threads, npp {} ntg {}, unified KV on both sides", a.rounds, a.threads, a.npp, a.ntg);
-    println!("| parallel | llama-batched-bench S_TG t/s | cotforge decode t/s | ratio | cotforge decode share |");
-    println!("|---|---|---|---|---|");
-    let mut decode_json = serde_json::Map::new();
-    let mut ratios = Vec::new();
-    for (i, &p) in a.parallel.iter().enumerate() {
-        let base = median(
-            bb.iter()
-                .filter_map(|r| r.iter().find(|(b, _)| *b == p).map(|x| x.1))
-                .collect(),
-        );
-        let mine = median(ours.iter().map(|r| r[i].tg_tps).collect());
-        let share = median(ours.iter().map(|r| r[i].tg_decode_share).collect());
-        let ratio = mine / base;
-        ratios.push((p, ratio));
-        println!("| {p} | {base:.1} | {mine:.1} | {ratio:.3} | {share:.3} |");
-        decode_json.insert(
-            p.to_string(),
-            json!({"llama_batched_bench_tg": base, "cotforge": mine, "ratio": ratio, "decode_share": share,
-                   "rounds_baseline": bb.iter().filter_map(|r| r.iter().find(|(b, _)| *b == p).map(|x| x.1)).collect::<Vec<_>>(),
-                   "rounds_cotforge": ours.iter().map(|r| r[i].tg_tps).collect::<Vec<_>>()}),
-        );
-    }
-    let base = median(ppl.clone());
-    let mine = median(score.iter().map(|s| s.tps).collect());
-    println!(
-        "| scoring | llama-perplexity {base:.1} t/s | cotforge score {mine:.1} t/s | {:.3} | |",
-        mine / base
-    );
-    let doc = json!({
-        "model": a.model.display().to_string(),
-        "threads": a.threads,
-        "rounds": a.rounds,
-        "npp": a.npp, "ntg": a.ntg,
-        "cotforge_llama_cpp": COTFORGE_LLAMA_CPP,
-        "baseline_llama_cpp": format!("{} ; {}", a.llama_cpp_source, tool_version(&a.batched_bench)),
-        "decode_tps": decode_json,
-        "score_tps": {"llama_perplexity": base, "cotforge": mine, "ratio": mine / base,
-                      "rounds_baseline": ppl, "rounds_cotforge": score.iter().map(|s| s.tps).collect::<Vec<_>>(),
-                      "tokens": score.first().map(|s| s.tokens)},
-    });
+    let opts = EngineBenchOptions {
+        model: a.model.clone(),
+        threads: a.threads,
+        rounds: a.rounds,
+        parallel: a.parallel.clone(),
+        npp: a.npp,
+        ntg: a.ntg,
+        batched_bench: a.batched_bench.clone(),
+        perplexity: a.perplexity.clone(),
+        llama_cpp_source: a.llama_cpp_source.clone(),
+        score_text,
+    };
+    let r = run_engine_bench(&opts, &mut |m| eprintln!("{m}"))?;
+    print!("{}", render_engine(&r));
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("writing {}", p.display()))?;
-        eprintln!("wrote {}", p.display());
+        write_text(p, &serde_json::to_string_pretty(&r)?)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(not(feature = "llama"))]
-fn engine(_a: EngineBenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("built without the `llama` feature")
 }
