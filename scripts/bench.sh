@@ -82,7 +82,7 @@ case "$WHAT" in
     # Per-arm records land in $OUT/quality/<arm>/<set>.jsonl as each chunk of
     # seeds finishes; a rerun keeps them and runs only what is missing.
     build_llama_tools
-    "$BIN" bench quality --model "$MODEL" --threads "$THREADS" --n-parallel 8 --n-ctx "${N_CTX:-16384}" \
+    "$BIN" bench quality --model "$MODEL" --threads "$THREADS" --n-parallel 16 --n-ctx "${N_CTX:-16384}" \
       --config benches/data/quality.toml \
       --seeds gsm8k=benches/data/quality_gsm8k_64.parquet \
       --seeds letters=benches/data/quality_letter_count_32.parquet \
