@@ -87,6 +87,11 @@ fn run_with(
     Ok(Run { outcomes })
 }
 
+/// A run on the usual engine with the odd-digit verifier and no judge override.
+fn go(cfg: SearchConfig, s: &[Seed]) -> Run {
+    run_with(&mut engine(1 << 20, 4), cfg, odd_is_right(), None, s).unwrap()
+}
+
 fn results(r: &Run) -> Vec<&TreeResult> {
     r.outcomes
         .iter()
@@ -115,14 +120,7 @@ fn votes(r: &TreeResult) -> (BTreeMap<String, u32>, u32) {
 
 #[test]
 fn confidence_is_the_chain_reward() {
-    let r = run_with(
-        &mut engine(1 << 20, 4),
-        base(),
-        odd_is_right(),
-        None,
-        &seeds(3, true),
-    )
-    .unwrap();
+    let r = go(base(), &seeds(3, true));
     for t in results(&r) {
         for c in &t.chains {
             assert_eq!(c.value, c.reward);
@@ -133,14 +131,7 @@ fn confidence_is_the_chain_reward() {
 #[test]
 fn verifier_ranks_every_right_chain_above_every_wrong_one() {
     let cfg = with_value(ValueSpec::one(ValueKind::Verifier));
-    let r = run_with(
-        &mut engine(1 << 20, 4),
-        cfg,
-        odd_is_right(),
-        None,
-        &seeds(4, true),
-    )
-    .unwrap();
+    let r = go(cfg, &seeds(4, true));
     let chains: Vec<_> = results(&r)
         .into_iter()
         .flat_map(|t| t.chains.iter())
@@ -161,14 +152,7 @@ fn verifier_ranks_every_right_chain_above_every_wrong_one() {
     assert!(lo > hi, "right chains from {lo}, wrong ones up to {hi}");
     // Without a reference it is plain confidence.
     let cfg = with_value(ValueSpec::one(ValueKind::Verifier));
-    let r = run_with(
-        &mut engine(1 << 20, 4),
-        cfg,
-        odd_is_right(),
-        None,
-        &seeds(2, false),
-    )
-    .unwrap();
+    let r = go(cfg, &seeds(2, false));
     for t in results(&r) {
         assert!(t
             .chains
@@ -183,14 +167,7 @@ fn self_consistency_is_the_answer_share_and_majority_vote_picks_the_most_common(
         select: SelectRule::MajorityVote,
         ..with_value(ValueSpec::one(ValueKind::SelfConsistency))
     };
-    let r = run_with(
-        &mut engine(1 << 20, 4),
-        cfg,
-        odd_is_right(),
-        None,
-        &seeds(4, true),
-    )
-    .unwrap();
+    let r = go(cfg, &seeds(4, true));
     for t in results(&r) {
         let (counts, total) = votes(t);
         for c in &t.chains {
@@ -217,14 +194,7 @@ fn a_mix_weights_its_parts() {
         (ValueKind::Confidence, 0.3),
         (ValueKind::SelfConsistency, 0.7),
     ]));
-    let r = run_with(
-        &mut engine(1 << 20, 4),
-        cfg,
-        odd_is_right(),
-        None,
-        &seeds(3, true),
-    )
-    .unwrap();
+    let r = go(cfg, &seeds(3, true));
     for t in results(&r) {
         for c in &t.chains {
             assert!((c.value - (0.3 * c.reward + 0.7 * c.agreement)).abs() < 1e-9);
@@ -248,14 +218,7 @@ fn scripted_judge() -> SearchConfig {
 #[test]
 fn judge_scores_every_chain_deterministically() {
     let s = seeds(3, false);
-    let a = run_with(
-        &mut engine(1 << 20, 4),
-        scripted_judge(),
-        odd_is_right(),
-        None,
-        &s,
-    )
-    .unwrap();
+    let a = go(scripted_judge(), &s);
     let b = run_with(
         &mut engine(1 << 20, 1),
         scripted_judge(),
@@ -370,7 +333,7 @@ fn ship_policies_ship_what_they_say_and_keep_the_rest() {
             ship_k: 2,
             ..base()
         };
-        run_with(&mut engine(1 << 20, 4), cfg, odd_is_right(), None, &s).unwrap()
+        go(cfg, &s)
     };
     for (policy, o) in [
         ShipPolicy::All,
@@ -436,14 +399,7 @@ fn ship_policies_ship_what_they_say_and_keep_the_rest() {
         .iter()
         .all(|c| c.verified == Some(true))));
     let cfg = base();
-    let free = run_with(
-        &mut engine(1 << 20, 4),
-        cfg,
-        odd_is_right(),
-        None,
-        &seeds(3, false),
-    )
-    .unwrap();
+    let free = go(cfg, &seeds(3, false));
     for x in &free.outcomes {
         assert_eq!(shipped(x), 1);
         assert_eq!(x.processed.accepted[0].selected, Some(true));
