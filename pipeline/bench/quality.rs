@@ -815,6 +815,15 @@ pub fn summarize(
     }
 }
 
+/// `a / b` as a factor: infinite when only `b` is 0 (greedy solved nothing).
+fn times(a: f64, b: f64) -> f64 {
+    match (a > 0.0, b > 0.0) {
+        (_, true) => a / b,
+        (true, false) => f64::INFINITY,
+        (false, false) => 0.0,
+    }
+}
+
 /// The targets of issue 13 on one set.
 fn targets(t: &TargetArms, set: &str, arms: &[ArmReport]) -> Vec<Target> {
     let get = |name: &str| arms.iter().find(|a| a.arm == name && a.set == set);
@@ -837,7 +846,7 @@ fn targets(t: &TargetArms, set: &str, arms: &[ArmReport]) -> Vec<Target> {
         let ga = g.accuracy(SelectRule::MostVisited);
         push(
             "verifier coverage / greedy accuracy",
-            ratio(v.verified_coverage, ga),
+            times(v.verified_coverage, ga),
             1.8,
             true,
             format!("{:.3} / {:.3}", v.verified_coverage, ga),
@@ -845,7 +854,7 @@ fn targets(t: &TargetArms, set: &str, arms: &[ArmReport]) -> Vec<Target> {
         if let Some(b) = get(&t.best_of_n) {
             push(
                 "verifier coverage / best-of-N coverage",
-                ratio(v.verified_coverage, b.verified_coverage),
+                times(v.verified_coverage, b.verified_coverage),
                 1.15,
                 true,
                 format!(
