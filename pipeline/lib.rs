@@ -3,8 +3,10 @@
 //! One module per concern: [`engine`] talks to the model, [`search`] runs the
 //! confidence-guided MCTS, [`stages`] filter and dedup, [`store`] owns Parquet,
 //! journals and shards, [`recipes`] join them into the three shard kinds,
-//! [`report`] summarizes, [`cli`] turns arguments into typed jobs.
+//! [`report`] summarizes, [`bench`] measures against baselines, [`cli`]
+//! turns arguments into typed jobs.
 
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod recipes;

@@ -7,7 +7,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { printf '[test] %s\n' "$*" >&2; }
 
-scripts/setup.sh
+# SmolLM2-135M for the real-model tests, and the demo job's Qwen2.5-Coder-0.5B
+# (the test that loads every committed job file checks its model is there).
+scripts/setup.sh --model qwen2.5-coder-0.5b
 
 # Readers the export test loads the data with, and the browser the report test renders in.
 if ! python3 -c "import pyarrow, polars, duckdb, datasets" 2>/dev/null; then

@@ -1378,12 +1378,10 @@ fn bad_input_table() {
     );
 }
 
-/// Depends on the quality branch, which makes `marco_cot` per-tree engine
-/// errors (ContextFull / KvFull) into rejects: a `marco_cot` seed whose
-/// prompt plus budgets does not fit `n_ctx` must be a reject row while the
-/// shard completes.
+/// `marco_cot` per-tree engine errors (ContextFull / KvFull) are rejects:
+/// a `marco_cot` seed whose prompt plus budgets does not fit `n_ctx` is a
+/// reject row while the shard completes.
 #[test]
-#[ignore = "needs the quality branch (marco_cot per-tree errors become rejects); run with --ignored after merging it"]
 fn marco_cot_seed_over_n_ctx_is_a_reject() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path();

@@ -349,11 +349,12 @@ fn final_chains(out: &Path) -> Vec<Chain> {
     cotforge::report::io::read_chains(&out.join("final/chains.parquet")).unwrap()
 }
 
-/// A benchmark holding two long prompts (GSM8K questions) the output shipped.
+/// A benchmark holding two long prompts the output shipped (any recipe: with
+/// the default ship policy few scripted marco_cot chains verify).
 fn bench_of(out: &Path, path: &Path) -> Vec<String> {
     let mut prompts: Vec<String> = final_chains(out)
         .into_iter()
-        .filter(|c| c.recipe == Some(Recipe::MarcoCot) && words(&c.prompt).len() >= 20)
+        .filter(|c| words(&c.prompt).len() >= 20)
         .map(|c| c.prompt)
         .collect();
     prompts.sort();

@@ -51,13 +51,13 @@ fn ks_d(table: &str, name: &str) -> f64 {
 fn a_degraded_night_is_stopped_by_the_gate_and_a_good_one_ships() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (job_a, a) = common::scripted_job(d, "a", |t| t);
+    let (job_a, a) = common::scripted_job(d, "a", common::ship_all);
     common::run_ok(BIN, &["run", job_a.to_str().unwrap(), "--no-progress"]);
     assert!(marker(&a, SHIPPABLE).is_some(), "no [gate]: shippable");
 
     let bounds = "max_reject_share = 0.5\nmax_drift = 0.2";
     // A good night: same job, gated against night A.
-    let (job_b, b) = common::scripted_job(d, "b", |t| t + &gate(&a, bounds));
+    let (job_b, b) = common::scripted_job(d, "b", |t| common::ship_all(t) + &gate(&a, bounds));
     let (code, text) = run(&["run", job_b.to_str().unwrap(), "--no-progress"]);
     assert_eq!(code, Some(0), "{text}");
     let ok = marker(&b, SHIPPABLE).expect("SHIPPABLE");
@@ -89,7 +89,8 @@ fn a_degraded_night_is_stopped_by_the_gate_and_a_good_one_ships() {
         assert!(t.contains("min_reward = 0.2"));
         t.replace("min_reward = 0.2", "min_reward = 0.31")
     };
-    let (job_c, c) = common::scripted_job(d, "c", |t| degrade(t) + &gate(&a, bounds));
+    let (job_c, c) =
+        common::scripted_job(d, "c", |t| degrade(common::ship_all(t)) + &gate(&a, bounds));
     let (code, text) = run(&["run", job_c.to_str().unwrap(), "--no-progress"]);
     assert_eq!(
         code,
@@ -109,7 +110,7 @@ fn a_degraded_night_is_stopped_by_the_gate_and_a_good_one_ships() {
 
     // A verified-share bound the scripted model (always wrong) cannot meet.
     let (job_c2, _) = common::scripted_job(d, "c", |t| {
-        degrade(t)
+        degrade(common::ship_all(t))
             + &gate(
                 &a,
                 "max_reject_share = 0.99\nmax_drift = 1.0\nmin_verified_share = 0.5",
@@ -124,7 +125,7 @@ fn a_degraded_night_is_stopped_by_the_gate_and_a_good_one_ships() {
 
     // Loosened bounds: the same output becomes shippable, the failure marker goes.
     common::scripted_job(d, "c", |t| {
-        degrade(t) + &gate(&a, "max_reject_share = 0.99\nmax_drift = 1.0")
+        degrade(common::ship_all(t)) + &gate(&a, "max_reject_share = 0.99\nmax_drift = 1.0")
     });
     let (code, text) = run(&["finalize", job_c.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{text}");
@@ -132,7 +133,7 @@ fn a_degraded_night_is_stopped_by_the_gate_and_a_good_one_ships() {
 
     // The first night has no previous output: drift is not checked, and says so.
     let missing = d.join("no-such-night");
-    common::scripted_job(d, "b", |t| t + &gate(&missing, bounds));
+    common::scripted_job(d, "b", |t| common::ship_all(t) + &gate(&missing, bounds));
     let (code, text) = run(&["finalize", job_b.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{text}");
     assert!(marker(&b, SHIPPABLE)

@@ -407,7 +407,7 @@ fn headline_numbers_and_viewer_sample() {
 /// The report of a scripted-engine night, with a hostile row added.
 fn scripted_report(dir: &Path) -> (PathBuf, serde_json::Value) {
     let bin = env!("CARGO_BIN_EXE_cotforge");
-    let (job, out) = common::scripted_job(dir, "night", |t| t);
+    let (job, out) = common::scripted_job(dir, "night", common::ship_all);
     common::run_ok(bin, &["run", job.to_str().unwrap(), "--no-progress"]);
     let hostile = Chain {
         id: "hostile-chain".into(),

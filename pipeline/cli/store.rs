@@ -406,6 +406,7 @@ impl ScriptedProcessor {
             model_blake3: self.engine.model_hash().to_string(),
             settings: self.settings.clone(),
             created_at: self.created_at,
+            ..Chain::default()
         };
         if reward < self.min_reward {
             return Processed {

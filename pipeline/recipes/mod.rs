@@ -11,6 +11,7 @@ pub mod job;
 pub mod marco;
 pub mod open_o1;
 pub mod run;
+pub mod study;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

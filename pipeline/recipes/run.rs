@@ -387,6 +387,7 @@ impl ShardRun<'_> {
                     filters,
                     meta: meta.clone(),
                     trees_dir: Some(trees),
+                    judge: None,
                 };
                 track_and_run(&sopts, seeds, &mut p, progress, cancel)
             }

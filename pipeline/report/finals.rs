@@ -68,6 +68,7 @@ fn headline_json(h: &Headline) -> serde_json::Value {
     serde_json::json!({
         "shipped": h.shipped,
         "rejected": h.rejected,
+        "not_shipped": h.not_shipped,
         "reject_share": h.reject_share(),
         "checked": h.checked,
         "verified": h.verified,

@@ -141,11 +141,15 @@ pub fn evaluate(
             value: v,
             passed: v.is_some_and(|v| v <= max),
             note: match v {
-                Some(_) => format!(
-                    "{} rejected of {} rows",
-                    summary.overall.rejected,
-                    summary.overall.rejected + summary.overall.shipped
-                ),
+                Some(_) => {
+                    let h = &summary.overall;
+                    let failed = h.rejected - h.not_shipped;
+                    format!(
+                        "{failed} rejected of {} rows ({} more held back by the ship policy, not counted)",
+                        failed + h.shipped,
+                        h.not_shipped
+                    )
+                }
                 None => "the night has no rows".into(),
             },
         });

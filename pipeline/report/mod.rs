@@ -72,7 +72,12 @@ pub struct Rate {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Headline {
     pub shipped: usize,
+    /// Rows of the rejected shards, `not_shipped` included.
     pub rejected: usize,
+    /// Chains the ship policy held back (stage `marco_cot.ship`:
+    /// `not-selected`, `unverified`): kept with the rejects, but by design,
+    /// not a failure, so they do not count in the reject share.
+    pub not_shipped: usize,
     /// Shipped chains with a verification result (the seed had a reference).
     pub checked: usize,
     /// Shipped chains whose answer matched the reference.
@@ -94,8 +99,10 @@ impl Headline {
     pub fn verified_share(&self) -> Option<f64> {
         share(self.verified, self.checked)
     }
+    /// Rows a stage failed, among shipped and failed rows.
     pub fn reject_share(&self) -> Option<f64> {
-        share(self.rejected, self.shipped + self.rejected)
+        let failed = self.rejected - self.not_shipped;
+        share(failed, self.shipped + failed)
     }
     pub fn coverage(&self) -> Option<f64> {
         share(self.covered, self.seeds)
@@ -223,6 +230,7 @@ impl<'a> Acc<'a> {
     }
     fn reject(&mut self, r: &'a Reject) {
         self.h.rejected += 1;
+        self.h.not_shipped += usize::from(r.stage == crate::recipes::marco::STAGE_SHIP);
         self.seeds.insert(&r.seed_id);
     }
     fn finish(mut self) -> Headline {
@@ -609,6 +617,31 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chains_the_ship_policy_held_back_are_not_failures() {
+        let held = Reject {
+            stage: crate::recipes::marco::STAGE_SHIP.into(),
+            reason: "unverified".into(),
+            seed_id: "s".into(),
+            ..Default::default()
+        };
+        let failed = Reject {
+            stage: "filter.reward".into(),
+            seed_id: "s".into(),
+            ..Default::default()
+        };
+        let mut a = Acc::default();
+        for r in [&held, &held, &held, &failed] {
+            a.reject(r);
+        }
+        let h = a.finish();
+        assert_eq!((h.rejected, h.not_shipped), (4, 3));
+        assert_eq!(h.reject_share(), Some(1.0));
+        let mut a = Acc::default();
+        a.reject(&held);
+        assert_eq!(a.finish().reject_share(), None);
+    }
 
     #[test]
     fn reason_categories() {

@@ -123,12 +123,8 @@ pub(crate) fn as_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// `#### 1,234` anywhere (last occurrence) → `1234`.
-pub fn gsm8k_answer(text: &str) -> Option<String> {
-    let (_, tail) = text.rsplit_once("####")?;
-    let a: String = tail.trim().chars().filter(|&c| c != ',').collect();
-    (!a.is_empty()).then_some(a)
-}
+/// `#### 1,234` anywhere (last occurrence) → `1234`: the pipeline's one answer parser.
+pub use crate::stages::answer::gsm8k_answer;
 
 /// Map one record to a seed; `Err(reason)` when it has no usable prompt.
 pub fn record_to_seed(rec: &Value, o: &ImportOptions) -> std::result::Result<Seed, String> {

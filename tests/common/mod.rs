@@ -30,6 +30,8 @@ pub fn model_path() -> Option<PathBuf> {
     );
 }
 
+pub mod play;
+
 /// A path in the repository.
 pub fn repo(p: &str) -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
@@ -69,6 +71,21 @@ pub fn scripted_job(
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, edit(text)).unwrap();
     (p, out)
+}
+
+/// The scripted job's `marco_cot` ships every chain (`ship = "all"`), as
+/// before ship policies: the scripted model is never right, so with the
+/// default (`verified`) almost none would ship. For tests of what happens to
+/// shipped chains downstream (report, gate), not of the policy.
+pub fn ship_all(text: String) -> String {
+    let marco = "kind = \"marco_cot\"";
+    let at = text.find(marco).expect("a marco_cot recipe");
+    let search = at
+        + text[at..]
+            .find("[recipe.search]\n")
+            .expect("its [recipe.search]");
+    let end = search + "[recipe.search]\n".len();
+    format!("{}ship = \"all\"\n{}", &text[..end], &text[end..])
 }
 
 /// Copies a directory tree.
