@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end on a fresh machine: build deps + default model
-# (scripts/setup.sh), a release build, then data/jobs/demo.toml — all three
+# The main job, end to end on a fresh machine: build deps + the demo's model,
+# Qwen2.5-Coder-0.5B-Instruct (scripts/setup.sh --model qwen2.5-coder-0.5b; the
+# tests' SmolLM2-135M comes with it), a release build, then data/jobs/demo.toml — all three
 # recipes on the committed seed samples — with dedup, SFT export, stats and
 # an HTML report. Rerunning resumes (or, when done, just reprints the summary).
 set -euo pipefail
@@ -8,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 JOB="${1:-data/jobs/demo.toml}"
 start=$(date +%s)
-scripts/setup.sh
+scripts/setup.sh --model qwen2.5-coder-0.5b
 echo "[demo] building cotforge (release; the first build compiles llama.cpp, ~6 min on 2 cores)" >&2
 cargo build --release --quiet
 echo "[demo] running $JOB" >&2

@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what it needs (build
-# deps, the default model, Python readers, headless Chromium), then runs every
+# deps, the default model, Python readers, headless Chromium, Slurm), then runs every
 # test once against one release build (the same build the main job uses).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { printf '[test] %s\n' "$*" >&2; }
 
-scripts/setup.sh
+# SmolLM2-135M for the real-model tests, and the demo job's Qwen2.5-Coder-0.5B
+# (the test that loads every committed job file checks its model is there).
+scripts/setup.sh --model qwen2.5-coder-0.5b
 
 # Readers the export test loads the data with, and the browser the report test renders in.
 if ! python3 -c "import pyarrow, polars, duckdb, datasets" 2>/dev/null; then
   log "installing Python readers (pyarrow, polars, duckdb, datasets)"
   python3 -m pip install --quiet --disable-pip-version-check pyarrow polars duckdb datasets
 fi
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing chromium (headless report test)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  else
-    log "chromium missing and not root: install Debian's chromium package"; exit 1
+apt_updated=
+apt_install() { # apt_install "what needs them" PACKAGE...
+  local why=$1; shift
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    log "$why needs Debian's $* (missing, and not root with apt-get): install them"; exit 1
   fi
+  log "installing $* ($why)"
+  [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+command -v chromium >/dev/null || apt_install "the headless report test" chromium
+# tests/slurm_nightly.rs starts its own munged, slurmctld and slurmd (one local node, as
+# root); COTFORGE_SKIP_SLURM=1 skips it and this install.
+if [ "${COTFORGE_SKIP_SLURM:-}" != 1 ]; then
+  for tool in munged mungekey slurmctld slurmd sbatch; do
+    if ! PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null; then
+      apt_install "the Slurm nightly test" slurm-wlm munge
+      break
+    fi
+  done
 fi
 
 # Tests run several llama.cpp contexts at once (parallel test threads); OpenMP's

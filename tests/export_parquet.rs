@@ -54,6 +54,7 @@ fn chains(n: usize, prefix: &str) -> Vec<Chain> {
                 model_blake3: "ab".repeat(32),
                 settings: r#"{"c_puct":1.414,"k":3}"#.into(),
                 created_at: 1_764_000_000,
+                ..Default::default()
             }
         })
         .collect()

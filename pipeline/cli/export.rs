@@ -14,7 +14,9 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::record::Recipe;
-use crate::report::{html, io, Summary};
+use crate::report::finals::against_previous;
+use crate::report::viewer::{ViewerData, ViewerOptions};
+use crate::report::{html, io, OutData, Summary};
 use crate::stages::export::{describe, export, ExportConfig, ExportFormat, SplitSpec};
 use crate::stages::Style;
 
@@ -100,15 +102,45 @@ pub struct ReportArgs {
     pub html: PathBuf,
     #[arg(long)]
     pub title: Option<String>,
+    /// The previous night's output: adds the night-over-night section.
+    #[arg(long)]
+    pub previous: Option<PathBuf>,
+    /// Rows embedded in the data viewer (a deterministic sample beyond this).
+    #[arg(long, default_value_t = ViewerOptions::default().max_rows)]
+    pub viewer_rows: usize,
 }
 
 pub fn run_report(a: ReportArgs) -> anyhow::Result<ExitCode> {
-    let s =
-        Summary::from_out_dir(&a.out).with_context(|| format!("reading {}", a.out.display()))?;
+    let data = OutData::read(&a.out).with_context(|| format!("reading {}", a.out.display()))?;
+    let s = data.summary();
     let title = a
         .title
         .unwrap_or_else(|| format!("cotforge report: {}", a.out.display()));
-    let page = html::render(&s, &title);
+    let comparison = match &a.previous {
+        Some(p) => {
+            let (c, missing) = against_previous(&s, p, &a.out.display().to_string())?;
+            anyhow::ensure!(
+                missing.is_none(),
+                "--previous {}: no such output directory",
+                p.display()
+            );
+            c
+        }
+        None => None,
+    };
+    let opts = ViewerOptions {
+        max_rows: a.viewer_rows,
+        ..ViewerOptions::default()
+    };
+    let viewer = ViewerData::build(&data.chains, &data.rejects, Some(&a.out), &opts);
+    let page = html::Page {
+        summary: &s,
+        title: &title,
+        viewer: Some(&viewer),
+        comparison: comparison.as_ref(),
+        gate: None,
+    }
+    .render();
     std::fs::write(&a.html, page).with_context(|| format!("writing {}", a.html.display()))?;
     println!("wrote {}", a.html.display());
     Ok(ExitCode::SUCCESS)

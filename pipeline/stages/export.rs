@@ -4,6 +4,14 @@
 //! LLaMA-Factory `dataset_info.json`. Deterministic: rows are split by a hash
 //! of their id and ordered by id, so the same chains give the same bytes.
 //!
+//! Crash-safe: the new `data/` is written complete (every file and the
+//! directory fsynced) beside the old one as `.data.new/`, then switched in
+//! with one atomic exchange (see `store::fsio::switch_dir`), so a reader or a
+//! crash sees the old set or the new set, never a mix or a gap; the card and
+//! `dataset_info.json` are replaced atomically after it. Leftovers of an
+//! interrupted export are removed by the next one. Entries that are
+//! symbolic links are refused, not followed.
+//!
 //! Columns per format (every format also carries `id`, `seed_id`, `model`,
 //! `recipe`, `reward`, `verified`):
 //! - `messages`: `messages: list<struct<role: string, content: string>>`
@@ -15,8 +23,6 @@
 //!   (`human`/`gpt`), `system` (nullable).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::format::{render, Style};
 use super::StageError;
 use crate::record::{Chain, Recipe};
+use crate::store::{crash, fsio};
 
 /// Column layout of the exported rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -333,32 +340,74 @@ pub fn export_batch(rows: &[&Chain], cfg: &ExportConfig) -> Result<RecordBatch, 
     Ok(RecordBatch::try_new(schema, arrays)?)
 }
 
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| StageError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| StageError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| StageError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| StageError::io(path, e))
+/// Remove what an interrupted export left: the half-written new set and the
+/// old set the non-atomic fallback parks aside.
+fn remove_leftovers(dir: &Path) -> Result<(), StageError> {
+    for p in [dir.join(".data.new"), fsio::old_path(&dir.join("data"))] {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir_all(&p).map_err(|e| StageError::io(&p, e))?
+            }
+            Ok(_) => std::fs::remove_file(&p).map_err(|e| StageError::io(&p, e))?,
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
-/// Writes the export of `chains` into `dir` (created if needed). Earlier
-/// `data/*.parquet` files in `dir` are removed first so no stale shard of a
-/// previous export survives.
+/// Writes the export of `chains` into `dir` (created if needed): `data/` is
+/// replaced as a whole by the new set, so no stale file of a previous export
+/// survives, and a crash at any point leaves the previous export or the new
+/// one.
 pub fn export(
     chains: &[Chain],
     dir: &Path,
     cfg: &ExportConfig,
 ) -> Result<ExportSummary, StageError> {
     cfg.validate()?;
+    std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+    remove_leftovers(dir)?;
     let data = dir.join("data");
-    std::fs::create_dir_all(&data).map_err(|e| StageError::io(&data, e))?;
-    for entry in std::fs::read_dir(&data).map_err(|e| StageError::io(&data, e))? {
-        let p = entry.map_err(|e| StageError::io(&data, e))?.path();
-        if p.extension().is_some_and(|e| e == "parquet" || e == "tmp") {
-            std::fs::remove_file(&p).map_err(|e| StageError::io(&p, e))?;
-        }
+    let new = dir.join(".data.new");
+    for p in [
+        &data,
+        &dir.join("README.md"),
+        &dir.join("dataset_info.json"),
+    ] {
+        fsio::refuse_symlink(p)?;
     }
+    std::fs::create_dir(&new).map_err(|e| StageError::io(&new, e))?;
 
+    // A failed write (a full disk) removes the half-written set.
+    let summary = match write_set(chains, &new, cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&new);
+            return Err(e);
+        }
+    };
+    crash::point("export.before_switch");
+    fsio::switch_dir(&new, &data)?;
+
+    let card = dataset_card(chains, cfg, &summary);
+    fsio::commit_bytes(&dir.join("README.md"), card.as_bytes())?;
+    let info = serde_json::to_string_pretty(&llama_factory_info(cfg, &summary))?;
+    fsio::commit_bytes(
+        &dir.join("dataset_info.json"),
+        format!("{info}\n").as_bytes(),
+    )?;
+    crash::point("export.card");
+    fsio::fsync_dir(dir)?;
+    Ok(summary)
+}
+
+/// Write every data file of the export into `new` (fsynced); their names are
+/// recorded relative to the export directory (`data/...`).
+fn write_set(
+    chains: &[Chain],
+    new: &Path,
+    cfg: &ExportConfig,
+) -> Result<ExportSummary, StageError> {
     let mut by_split: BTreeMap<&str, Vec<&Chain>> = BTreeMap::new();
     by_split.insert("train", Vec::new());
     for s in &cfg.splits {
@@ -391,32 +440,39 @@ pub fn export(
         let n_files = rows.len().div_ceil(cfg.max_rows_per_file);
         let mut files = Vec::new();
         for (i, chunk) in rows.chunks(cfg.max_rows_per_file).enumerate() {
-            let rel = format!("data/{split}-{i:05}-of-{n_files:05}.parquet");
-            let path = dir.join(&rel);
+            let name = format!("{split}-{i:05}-of-{n_files:05}.parquet");
+            let path = new.join(&name);
+            // Errors name the file where it will live (it is written beside it).
+            let shown = parent_of(new).join("data").join(&name);
             let batch = export_batch(chunk, cfg)?;
-            let tmp = path.with_extension("tmp");
-            let file = File::create(&tmp).map_err(|e| StageError::io(&tmp, e))?;
+            let file = fsio::open_nofollow(
+                &path,
+                std::fs::OpenOptions::new().write(true).create_new(true),
+            )?;
             let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props.clone()))?;
-            w.write(&batch)?;
-            let file = w.into_inner()?;
-            file.sync_all().map_err(|e| StageError::io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| StageError::io(&path, e))?;
-            files.push(rel);
+            w.write(&batch).map_err(|e| parquet_err(&shown, e))?;
+            let file = w.into_inner().map_err(|e| parquet_err(&shown, e))?;
+            file.sync_all().map_err(|e| StageError::io(&shown, e))?;
+            crash::point("export.file_written");
+            files.push(format!("data/{name}"));
         }
         summary.splits.push((split.to_string(), rows.len(), files));
     }
 
-    let card = dataset_card(chains, cfg, &summary);
-    atomic_write(&dir.join("README.md"), card.as_bytes())?;
-    let info = serde_json::to_string_pretty(&llama_factory_info(cfg, &summary))?;
-    atomic_write(
-        &dir.join("dataset_info.json"),
-        format!("{info}\n").as_bytes(),
-    )?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    fsio::fsync_dir(new)?;
     Ok(summary)
+}
+
+fn parent_of(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("."))
+}
+
+/// A Parquet writer error on `path`; a full disk becomes the store's clear message.
+fn parquet_err(path: &Path, e: parquet::errors::ParquetError) -> StageError {
+    if let Some(io) = crate::store::parquet_io::disk_full_in(&e) {
+        return StageError::io(path, io);
+    }
+    StageError::Parquet(e)
 }
 
 /// LLaMA-Factory entries: one per split (per file when a split spans several
