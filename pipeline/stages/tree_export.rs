@@ -520,6 +520,15 @@ fn prompt_msgs<'a>(system: Option<&'a str>, prompt: &'a str) -> Vec<(&'a str, &'
     m
 }
 
+/// The `prompt` column: system (when any) and user messages per row.
+fn prompt_col<'a>(
+    f: &Field,
+    rows: impl Iterator<Item = (Option<&'a str>, &'a str)>,
+) -> Result<ArrayRef, StageError> {
+    let m: Vec<_> = rows.map(|(s, p)| prompt_msgs(s, p)).collect();
+    messages_col(f, &m)
+}
+
 fn unknown(name: &str) -> StageError {
     StageError::Config(format!("schema column `{name}` has no builder"))
 }
@@ -543,13 +552,11 @@ pub fn preference_batch(rows: &[&PairRow]) -> Result<RecordBatch, StageError> {
             rows.iter().map(|r| vec![("assistant", pick(r))]).collect()
         };
         Ok(match f.name().as_str() {
-            "prompt" => {
-                let m: Vec<_> = rows
-                    .iter()
-                    .map(|r| prompt_msgs(r.system.as_deref(), &r.prompt))
-                    .collect();
-                messages_col(f, &m)?
-            }
+            "prompt" => prompt_col(
+                f,
+                rows.iter()
+                    .map(|r| (r.system.as_deref(), r.prompt.as_str())),
+            )?,
             "chosen" => messages_col(f, &one(|r| &r.chosen))?,
             "rejected" => messages_col(f, &one(|r| &r.rejected))?,
             "chosen_message" => {
@@ -588,13 +595,11 @@ pub fn preference_batch(rows: &[&PairRow]) -> Result<RecordBatch, StageError> {
 pub fn kto_batch(rows: &[&KtoRow]) -> Result<RecordBatch, StageError> {
     batch_of(kto_schema(), |f| {
         Ok(match f.name().as_str() {
-            "prompt" => {
-                let m: Vec<_> = rows
-                    .iter()
-                    .map(|r| prompt_msgs(r.system.as_deref(), &r.prompt))
-                    .collect();
-                messages_col(f, &m)?
-            }
+            "prompt" => prompt_col(
+                f,
+                rows.iter()
+                    .map(|r| (r.system.as_deref(), r.prompt.as_str())),
+            )?,
             "completion" => {
                 let m: Vec<_> = rows
                     .iter()
