@@ -16,6 +16,15 @@ if ! python3 -c "import pyarrow, polars, duckdb, datasets" 2>/dev/null; then
   log "installing Python readers (pyarrow, polars, duckdb, datasets)"
   python3 -m pip install --quiet --disable-pip-version-check pyarrow polars duckdb datasets
 fi
+# TRL's data helpers and the GGUF tokenizer the export tests render every row with
+# (tests/py/check_trl.py). No torch: trl without its dependencies (they pull torch;
+# trl.data_utils does not need it), and transformers' GGUF tokenizer conversion.
+if ! python3 -c "import transformers, gguf, trl.data_utils" 2>/dev/null; then
+  log "installing transformers, gguf and trl (no torch)"
+  python3 -m pip install --quiet --disable-pip-version-check "transformers==5.24.0" "gguf==0.19.0"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps "trl==1.16.0"
+  python3 -c "import trl.data_utils" || { log "trl.data_utils does not import without torch"; exit 1; }
+fi
 apt_updated=
 apt_install() { # apt_install "what needs them" PACKAGE...
   local why=$1; shift

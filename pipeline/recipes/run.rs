@@ -751,7 +751,13 @@ pub fn finalize(job: &Job) -> Result<FinalSummary, RecipeError> {
     let mut export_files = Vec::new();
     if job.file.export.enabled {
         held.check()?;
-        let s = crate::stages::export::export(&chains, &export_dir, &job.file.export.options)?;
+        let s = crate::stages::export::export_out(
+            &chains,
+            &rejects,
+            out,
+            &export_dir,
+            &job.file.export.options,
+        )?;
         export_rows = s.rows();
         for (_, _, fs) in &s.splits {
             for f in fs {

@@ -213,15 +213,18 @@ fn text_steps(reasoning: &str, confs: &[f64], reflection: &str) -> Vec<Step> {
 }
 
 /// A tree file as the viewer needs it, plus each answered node's chain text.
-struct LoadedTree {
-    view: TreeView,
+/// Also what the preference / KTO / PRM export reads trees with
+/// ([`crate::stages::tree_export`]), so a chain maps to its tree path one way.
+pub struct LoadedTree {
+    pub view: TreeView,
     /// Raw node texts by node id (untruncated), for matching chains.
     texts: HashMap<u32, String>,
     confs: HashMap<u32, Option<f64>>,
     parents: HashMap<u32, Option<u32>>,
 }
 
-fn load_tree(path: &Path, max_text: usize) -> Option<LoadedTree> {
+/// Reads a tree file; `None` (with a warning when it is not JSON) when unreadable.
+pub fn load_tree(path: &Path, max_text: usize) -> Option<LoadedTree> {
     let text = std::fs::read_to_string(path).ok()?;
     let v: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
@@ -289,7 +292,8 @@ fn load_tree(path: &Path, max_text: usize) -> Option<LoadedTree> {
 }
 
 impl LoadedTree {
-    fn path_to(&self, node: u32) -> Vec<u32> {
+    /// Root..=`node` by parent links.
+    pub fn path_to(&self, node: u32) -> Vec<u32> {
         let mut p = vec![node];
         let mut cur = node;
         while let Some(Some(parent)) = self.parents.get(&cur) {
@@ -304,7 +308,7 @@ impl LoadedTree {
     }
 
     /// The first answered node (export order) whose chain text is `reasoning` / `answer`.
-    fn find_chain(&self, reasoning: &str, answer: &str) -> Option<Vec<u32>> {
+    pub fn find_chain(&self, reasoning: &str, answer: &str) -> Option<Vec<u32>> {
         self.view.nodes.iter().find_map(|n| {
             if n.answer.as_deref() != Some(answer) {
                 return None;
@@ -319,7 +323,8 @@ impl LoadedTree {
         })
     }
 
-    fn steps(&self, path: &[u32]) -> Vec<Step> {
+    /// The steps of a path: its nodes after the root whose text is not blank (trimmed).
+    pub fn steps(&self, path: &[u32]) -> Vec<Step> {
         let by_id: HashMap<u32, &NodeView> = self.view.nodes.iter().map(|n| (n.id, n)).collect();
         path.iter()
             .skip(1)

@@ -11,6 +11,7 @@ pub mod export;
 pub mod filter;
 pub mod format;
 pub mod minhash;
+pub mod tree_export;
 
 pub use answer::{answers_match, extract_final_answer};
 pub use dedup::{Dedup, DedupConfig, SignatureIndex};

@@ -24,6 +24,9 @@ pub const SEEDS_JSON: &str = include_str!("../../schemas/seeds.json");
 pub const CHAINS_JSON: &str = include_str!("../../schemas/chains.json");
 pub const REJECTS_JSON: &str = include_str!("../../schemas/rejects.json");
 pub const SFT_JSON: &str = include_str!("../../schemas/sft.json");
+pub const PREFERENCE_JSON: &str = include_str!("../../schemas/preference.json");
+pub const KTO_JSON: &str = include_str!("../../schemas/kto.json");
+pub const PRM_JSON: &str = include_str!("../../schemas/prm.json");
 
 /// A schema document of `schemas/*.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +149,21 @@ pub fn rejects_schema() -> SchemaRef {
 pub fn sft_schema() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();
     cached(&S, SFT_JSON)
+}
+/// The preference export's rows; its batches are built against this schema.
+pub fn preference_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    cached(&S, PREFERENCE_JSON)
+}
+/// The KTO export's rows.
+pub fn kto_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    cached(&S, KTO_JSON)
+}
+/// The process-reward export's rows.
+pub fn prm_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    cached(&S, PRM_JSON)
 }
 
 fn strs<'a, I: Iterator<Item = &'a str>>(it: I) -> ArrayRef {

@@ -31,6 +31,7 @@ pub fn model_path() -> Option<PathBuf> {
 }
 
 pub mod play;
+pub mod py;
 
 /// A path in the repository.
 pub fn repo(p: &str) -> PathBuf {
