@@ -8,6 +8,8 @@
 //! (or COTFORGE_BENCH_N=100000; COTFORGE_BENCH_PERM / COTFORGE_BENCH_BANDS override
 //! num_perm / bands)
 
+mod support;
+
 use std::time::Instant;
 
 use cotforge::stages::dedup::{ChainKey, DedupConfig};
@@ -73,17 +75,6 @@ fn text_of(i: u64) -> (String, String) {
             .join(" ")
     };
     (render(&prompt_words), render(&w))
-}
-
-fn vm_hwm_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn main() {
@@ -238,7 +229,7 @@ fn main() {
             Err(e) => format!("FAILED: {e}"),
         }
     );
-    match vm_hwm_kib() {
+    match support::vm_hwm_kib() {
         Some(k) => println!("peak RSS (VmHWM): {:.0} MiB", k as f64 / 1024.0),
         None => println!("peak RSS: unavailable"),
     }

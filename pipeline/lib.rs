@@ -3,7 +3,8 @@
 //! One module per concern: [`engine`] talks to the model, [`search`] runs the
 //! confidence-guided MCTS, [`stages`] filter and dedup, [`store`] owns Parquet,
 //! journals and shards, [`recipes`] join them into the three shard kinds,
-//! [`report`] summarizes, [`bench`] measures, [`cli`] turns arguments into typed jobs.
+//! [`report`] summarizes, [`bench`] measures against baselines, [`cli`]
+//! turns arguments into typed jobs.
 
 pub mod bench;
 pub mod cli;

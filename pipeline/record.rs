@@ -90,6 +90,15 @@ pub struct Chain {
     /// Unix seconds, fixed per job (job setting, SOURCE_DATE_EPOCH, or the
     /// output directory's first run) so reruns are byte-identical.
     pub created_at: i64,
+    /// `marco_cot`: whether the configured selection rule picked this chain.
+    #[serde(default)]
+    pub selected: Option<bool>,
+    /// `marco_cot`: the value function's score of the chain, in [0, 1].
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// `marco_cot`: share of the tree's answered chains giving the same final answer.
+    #[serde(default)]
+    pub agreement: Option<f64>,
 }
 
 /// A row that did not ship, with why (schemas/rejects.json).

@@ -2,12 +2,19 @@
 //! -> HF-layout export in every format -> checked by tests/py/check_export.py
 //! with pyarrow, datasets, polars and duckdb.
 //!
-//! Needs python3 with pyarrow, polars, datasets, duckdb (`pip install pyarrow
-//! polars datasets duckdb`); fails when they are missing unless
+//! The `messages` export also goes through TRL (tests/py/check_trl.py: every
+//! row through `is_conversational` / `maybe_apply_chat_template` with the
+//! test model's tokenizer, loaded from its GGUF by transformers).
+//!
+//! Needs python3 with pyarrow, polars, datasets, duckdb, transformers, gguf,
+//! trl (scripts/test.sh installs them); fails when they are missing unless
 //! COTFORGE_SKIP_PY=1 (then the Python half is skipped, and says so).
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
+
+use common::py::{check_export as check_py, check_trl, python_ready, trl_ready};
 
 use cotforge::record::{Chain, Recipe, Reject};
 use cotforge::report::io::{read_chains, write_chains, write_rejects};
@@ -54,6 +61,7 @@ fn chains(n: usize, prefix: &str) -> Vec<Chain> {
                 model_blake3: "ab".repeat(32),
                 settings: r#"{"c_puct":1.414,"k":3}"#.into(),
                 created_at: 1_764_000_000,
+                ..Default::default()
             }
         })
         .collect()
@@ -94,57 +102,6 @@ fn run_cli(args: Vec<std::ffi::OsString>) {
         }
         other => panic!("unexpected command {other:?}"),
     }
-}
-
-fn python() -> String {
-    std::env::var("COTFORGE_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// True when the Python checks should run; panics with a clear message when
-/// they cannot and skipping was not asked for.
-fn python_ready() -> bool {
-    let skip = std::env::var("COTFORGE_SKIP_PY").is_ok_and(|v| v == "1");
-    let probe = Command::new(python())
-        .args(["-c", "import pyarrow, polars, datasets, duckdb, yaml"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => true,
-        other => {
-            let why = match other {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                Err(e) => format!("cannot run {}: {e}", python()),
-            };
-            if skip {
-                eprintln!("SKIPPED python export checks (COTFORGE_SKIP_PY=1): {why}");
-                false
-            } else {
-                panic!(
-                    "python export checks need python3 with pyarrow, polars, datasets, duckdb \
-                     (pip install pyarrow polars datasets duckdb), or set COTFORGE_SKIP_PY=1 to skip: {why}"
-                );
-            }
-        }
-    }
-}
-
-fn check_py(dir: &Path, format: &str, style: &str, row_group_rows: usize, expect: usize) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/check_export.py");
-    let out = Command::new(python())
-        .arg(script)
-        .arg(dir)
-        .args(["--format", format, "--style", style])
-        .args(["--row-group-rows", &row_group_rows.to_string()])
-        .args(["--expect-rows", &expect.to_string()])
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "check_export.py failed for {format}/{style}:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("check_export: OK"), "{stdout}");
-    println!("{}", stdout.trim());
 }
 
 #[test]
@@ -221,6 +178,11 @@ fn cli_export_every_format_checked_by_python() {
         assert!(card.contains(&"ab".repeat(32)));
         if py {
             check_py(&to, format, style, 32, all.len());
+        }
+        if format == "messages" && trl_ready() {
+            if let Some(model) = common::model_path() {
+                check_trl(&model, &[("messages", &to)], 0.0);
+            }
         }
     }
 }

@@ -58,6 +58,8 @@ kind = "marco_cot"
 seeds = [{gsm:?}]
 limit = 3
 [recipe.search]
+# SmolLM2 is never right: ship every chain (the default ships verified ones).
+ship = "all"
 max_rollouts = 3
 expand_k = 2
 max_tree_tokens = 400

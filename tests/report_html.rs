@@ -5,6 +5,8 @@
 //! when missing unless COTFORGE_SKIP_BROWSER=1 (then the browser half is
 //! skipped, and says so).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use cotforge::record::{Chain, Recipe, Reject};
 use cotforge::report::io::{write_chains, write_rejects};
+use cotforge::report::viewer::{ViewerData, ViewerOptions};
 use cotforge::report::{html, Summary};
 use cotforge::stages::reject_for;
 
@@ -162,40 +165,77 @@ fn chromium() -> Option<PathBuf> {
     None
 }
 
-fn dump_dom(browser: &Path, file: &Path) -> String {
+/// What a headless Chromium run produces.
+enum Shot<'a> {
+    /// The DOM after the page's scripts ran.
+    Dom,
+    /// A PNG of the viewport.
+    Png(&'a Path),
+}
+
+/// Loads `url` in headless Chromium; returns the dumped DOM (empty for a screenshot).
+fn chromium_run(browser: &Path, url: &str, shot: Shot<'_>) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
-    let mut child = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", file.display()))
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--window-size=1280,1400",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match shot {
+        Shot::Dom => cmd.arg("--dump-dom"),
+        Shot::Png(p) => cmd.arg(format!("--screenshot={}", p.display())),
+    };
+    let mut child = cmd
+        .arg(url)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start chromium");
+    // Read while it runs: a large DOM would fill the pipe and block it.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).map(|_| s)
+    });
     let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
         }
         if start.elapsed() > Duration::from_secs(180) {
             let _ = child.kill();
             panic!("chromium did not finish in 180 s");
         }
         std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "chromium failed: {status:?}");
+    reader.join().expect("reader").expect("chromium output")
+}
+
+fn dump_dom(browser: &Path, file: &Path) -> String {
+    chromium_run(browser, &format!("file://{}", file.display()), Shot::Dom)
+}
+
+/// The browser, or None (with a note) when COTFORGE_SKIP_BROWSER=1 and there is none.
+fn browser_or_skip() -> Option<PathBuf> {
+    let skip = std::env::var("COTFORGE_SKIP_BROWSER").is_ok_and(|v| v == "1");
+    match chromium() {
+        Some(b) => Some(b),
+        None if skip => {
+            eprintln!("SKIPPED browser rendering check (COTFORGE_SKIP_BROWSER=1): chromium not found");
+            None
+        }
+        None => panic!("the HTML report test needs chromium (apt-get install -y chromium) on PATH or COTFORGE_CHROMIUM; set COTFORGE_SKIP_BROWSER=1 to skip"),
     }
-    let out = child.wait_with_output().expect("output");
-    assert!(out.status.success(), "chromium failed: {:?}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -215,14 +255,23 @@ fn html_report_renders_plots_in_chromium() {
     if let Ok(keep) = std::env::var("COTFORGE_KEEP_REPORT") {
         std::fs::copy(&file, keep).expect("keep report");
     }
-    // self-contained: no scripts, no external resources
-    assert!(!page.contains("<script"), "report must not need JS");
+    // self-contained: the viewer's inline data and code only, no assets, no network
+    assert_eq!(page.matches("<script").count(), 2, "data + viewer code");
+    assert!(page.contains("<script type=\"application/json\" id=\"viewer-data\">"));
+    assert!(
+        page.contains("content=\"default-src 'none';"),
+        "CSP forbids requests"
+    );
     assert!(
         !page.contains("src=") && !page.contains("<link"),
         "report must not load assets"
     );
-    let without_ns = page.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+    let without_ns = page.replace("http://www.w3.org/2000/svg", "");
     assert!(!without_ns.contains("http://") && !without_ns.contains("https://"));
+    // The headline numbers, and the plots without any script.
+    for id in ["headline-table", "reasons-by-recipe", "throughput"] {
+        assert!(page.contains(&format!("id=\"{id}\"")), "missing {id}");
+    }
     for id in [
         "plot-reward",
         "plot-reasons",
@@ -233,15 +282,8 @@ fn html_report_renders_plots_in_chromium() {
         assert!(page.contains(&format!("id=\"{id}\"")), "missing {id}");
     }
 
-    let skip = std::env::var("COTFORGE_SKIP_BROWSER").is_ok_and(|v| v == "1");
-    let Some(browser) = chromium() else {
-        if skip {
-            eprintln!(
-                "SKIPPED browser rendering check (COTFORGE_SKIP_BROWSER=1): chromium not found"
-            );
-            return;
-        }
-        panic!("the HTML report test needs chromium (apt-get install -y chromium) on PATH or COTFORGE_CHROMIUM; set COTFORGE_SKIP_BROWSER=1 to skip");
+    let Some(browser) = browser_or_skip() else {
+        return;
     };
     let dom = dump_dom(&browser, &file);
     for id in [
@@ -262,6 +304,28 @@ fn html_report_renders_plots_in_chromium() {
     assert_eq!(bars, 40 + 4 + 20 + 3, "bars in rendered DOM");
     assert!(dom.contains("class=\"line\""));
     assert_eq!(dom.matches("class=\"point\"").count(), 22);
+
+    // A large run shows a sample, with the totals.
+    let small = tmp.path().join("sample.html");
+    run_cli(&[
+        "cotforge",
+        "report",
+        &out.to_string_lossy(),
+        "--html",
+        &small.to_string_lossy(),
+        "--viewer-rows",
+        "20",
+    ]);
+    let dom = chromium_run(
+        &browser,
+        &format!("file://{}#list", small.display()),
+        Shot::Dom,
+    );
+    assert_eq!(dom.matches("<tr class=\"row\"").count(), 20, "sampled rows");
+    assert!(
+        dom.contains("Showing a sample: 10 of 120 shipped chains and 10 of 51 rejected rows"),
+        "no sample note"
+    );
 }
 
 #[test]
@@ -272,4 +336,249 @@ fn report_without_rejects_or_metrics_still_renders() {
     assert!(page.contains("No metrics.jsonl"));
     assert!(page.contains("empty-ish &lt;run&gt;"));
     assert!(page.contains("id=\"plot-reward\""));
+}
+
+#[test]
+fn headline_numbers_and_viewer_sample() {
+    let mut chains: Vec<Chain> = (0..8).map(|i| chain(i, 0.7)).collect();
+    // marco_cot (i % 4 != 0): 6 chains over seeds 0..3; 4 verified true, 1 false, 1 unchecked.
+    for (k, c) in chains
+        .iter_mut()
+        .filter(|c| c.recipe == Some(Recipe::MarcoCot))
+        .enumerate()
+    {
+        c.verified = [
+            Some(true),
+            Some(true),
+            Some(false),
+            Some(true),
+            None,
+            Some(true),
+        ][k];
+    }
+    // Two marco_cot rejects of one more seed (10).
+    let rejects = vec![
+        reject_for(
+            &chain(21, 0.1),
+            "filter.reward",
+            "reward 0.100 < 0.600".into(),
+        ),
+        reject_for(&chain(21, 0.1), "dedup", "duplicate-of c0001".into()),
+    ];
+    let s = Summary::build(&chains, &rejects, &[]);
+    let m = &s.headline["marco_cot"];
+    assert_eq!((m.shipped, m.rejected, m.checked, m.verified), (6, 2, 5, 4));
+    assert_eq!(m.verified_share(), Some(0.8));
+    assert_eq!(m.reject_share(), Some(0.25));
+    // seeds 0..3 shipped, seed 10 only rejected
+    assert_eq!((m.covered, m.seeds), (4, 5));
+    assert_eq!(m.chains_per_seed(), Some(1.5));
+    assert_eq!(s.overall.shipped, 8);
+    assert_eq!(s.headline["open_o1"].verified_share(), None);
+    let t = s.table();
+    for needle in [
+        "verified share",
+        "80.0% of 5",
+        "seed coverage",
+        "80.0% (4/5)",
+        "1.50",
+    ] {
+        assert!(t.contains(needle), "missing {needle}:\n{t}");
+    }
+
+    let many: Vec<Chain> = (0..300).map(|i| chain(i, 0.7)).collect();
+    let opts = ViewerOptions {
+        max_rows: 10,
+        ..ViewerOptions::default()
+    };
+    let v = ViewerData::build(&many, &rejects, None, &opts);
+    assert_eq!(
+        (v.rows.len(), v.shipped_shown, v.rejected_shown),
+        (10, 8, 2)
+    );
+    assert_eq!((v.shipped_total, v.rejected_total), (300, 2));
+    assert_eq!(
+        v,
+        ViewerData::build(&many, &rejects, None, &opts),
+        "sample is deterministic"
+    );
+}
+
+/// The report of a scripted-engine night, with a hostile row added.
+fn scripted_report(dir: &Path) -> (PathBuf, serde_json::Value) {
+    let bin = env!("CARGO_BIN_EXE_cotforge");
+    let (job, out) = common::scripted_job(dir, "night", common::ship_all);
+    common::run_ok(bin, &["run", job.to_str().unwrap(), "--no-progress"]);
+    let hostile = Chain {
+        id: "hostile-chain".into(),
+        seed_id: "hostile-seed".into(),
+        recipe: Some(Recipe::MarcoCot),
+        prompt:
+            "</script><div id=\"pwned\">x</div><img src=x onerror=\"document.title='pwned'\"> tail"
+                .into(),
+        reasoning: "step <b id=\"pwned2\">one</b>\n\nstep two".into(),
+        answer: "</script>".into(),
+        reward: 0.5,
+        step_confidences: vec![0.9, 0.1],
+        ..Default::default()
+    };
+    std::fs::create_dir_all(out.join("extra")).unwrap();
+    write_rejects(
+        &out.join("extra/rejected-hostile.parquet"),
+        &[reject_for(
+            &hostile,
+            "filter.hostile",
+            "reason </script><i id=\"pwned3\">".into(),
+        )],
+    )
+    .unwrap();
+    let file = dir.join("report.html");
+    common::run_ok(
+        bin,
+        &[
+            "report",
+            out.to_str().unwrap(),
+            "--html",
+            file.to_str().unwrap(),
+        ],
+    );
+    let page = std::fs::read_to_string(&file).unwrap();
+    let start = page.find("id=\"viewer-data\">").unwrap() + "id=\"viewer-data\">".len();
+    let end = start + page[start..].find("</script>").unwrap();
+    assert!(!page[start..end].contains('<'), "payload not escaped");
+    (file, serde_json::from_str(&page[start..end]).unwrap())
+}
+
+#[test]
+fn viewer_list_chain_and_tree_in_chromium() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, data) = scripted_report(tmp.path());
+    let rows = data["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len() as u64,
+        data["shipped_total"].as_u64().unwrap() + data["rejected_total"].as_u64().unwrap()
+    );
+    // A shipped marco_cot chain found in its tree, with a reflection.
+    let row = rows
+        .iter()
+        .find(|r| {
+            r["status"] == "shipped"
+                && !r["path"].as_array().unwrap().is_empty()
+                && r["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["reflection"] == true)
+        })
+        .expect("a shipped chain with a tree path and a reflection");
+    let key = row["key"].as_str().unwrap();
+    let steps = row["steps"].as_array().unwrap();
+    let tree = &data["trees"][row["tree"].as_str().unwrap()];
+    let nodes = tree["nodes"].as_array().unwrap().len();
+    let path = row["path"].as_array().unwrap().len();
+    let want_rejected_marco = rows
+        .iter()
+        .filter(|r| r["status"] == "rejected" && r["recipe"] == "marco_cot")
+        .count();
+
+    let Some(browser) = browser_or_skip() else {
+        return;
+    };
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("viewer");
+    std::fs::create_dir_all(&shots).unwrap();
+    let url = |hash: &str| format!("file://{}#{hash}", file.display());
+    let views = [
+        ("list", "list".to_string()),
+        ("chain", format!("chain={key}")),
+        ("tree", format!("tree={key}")),
+        (
+            "filtered",
+            "list&status=rejected&recipe=marco_cot".to_string(),
+        ),
+    ];
+    // DOMs and screenshots in parallel: one browser process each.
+    let doms: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = views
+            .iter()
+            .map(|(name, hash)| {
+                let (b, u, png) = (&browser, url(hash), shots.join(format!("{name}.png")));
+                s.spawn(move || {
+                    if *name != "filtered" {
+                        chromium_run(b, &u, Shot::Png(&png));
+                    }
+                    chromium_run(b, &u, Shot::Dom)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (name, _) in &views[..3] {
+        let p = shots.join(format!("{name}.png"));
+        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 10_000, "{} is {len} bytes", p.display());
+        println!("screenshot: {}", p.display());
+    }
+    let [list, chain_dom, tree_dom, filtered] = &doms[..] else {
+        unreachable!()
+    };
+
+    // List: every row, the hostile text as text, nothing injected.
+    assert!(list.contains("data-view=\"list\"") && list.contains("id=\"view-list\""));
+    assert_eq!(list.matches("<tr class=\"row\"").count(), rows.len());
+    assert!(list.contains(&format!("All {} rows", rows.len())));
+    for injected in [
+        "<div id=\"pwned\"",
+        "<img src=\"x\"",
+        "<b id=\"pwned2\"",
+        "<i id=\"pwned3\"",
+    ] {
+        assert!(!list.contains(injected), "markup from row text: {injected}");
+    }
+    assert!(
+        list.contains("&lt;/script&gt;&lt;div id=\"pwned\"&gt;"),
+        "hostile prompt not shown as text"
+    );
+    assert!(!list.contains("<title>pwned"));
+    // Filters: rejected marco_cot rows only.
+    assert_eq!(
+        filtered.matches("<tr class=\"row\"").count(),
+        want_rejected_marco
+    );
+    assert!(filtered.contains(&format!("{want_rejected_marco} rows match")));
+
+    // Chain: its steps coloured by confidence, its reflection, in order.
+    assert!(chain_dom.contains(&format!("id=\"view-chain\" data-key=\"{key}\"")));
+    let actions: Vec<&serde_json::Value> =
+        steps.iter().filter(|s| s["reflection"] == false).collect();
+    assert_eq!(
+        chain_dom.matches("<li class=\"step\"").count(),
+        actions.len()
+    );
+    assert_eq!(
+        chain_dom.matches("<li class=\"step reflection\"").count(),
+        steps.len() - actions.len()
+    );
+    let mut at = 0;
+    for s in &actions {
+        let attr = format!("data-conf=\"{:.4}\"", s["conf"].as_f64().unwrap());
+        let found = chain_dom[at..]
+            .find(&attr)
+            .unwrap_or_else(|| panic!("{attr} missing or out of order"));
+        at += found + attr.len();
+    }
+    assert!(
+        chain_dom.contains("style=\"background: rgb("),
+        "steps not coloured"
+    );
+
+    // Tree: every node and edge drawn, the chain's path outlined.
+    assert!(tree_dom.contains("<svg id=\"tree-svg\""));
+    assert_eq!(tree_dom.matches("<g class=\"node").count(), nodes);
+    assert_eq!(tree_dom.matches("<g class=\"node on-path").count(), path);
+    assert_eq!(tree_dom.matches("<line class=\"edge").count(), nodes - 1);
+    assert_eq!(
+        tree_dom.matches("<line class=\"edge on-path\"").count(),
+        path - 1
+    );
+    assert!(tree_dom.contains("id=\"node-detail\""));
 }

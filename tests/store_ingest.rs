@@ -7,27 +7,10 @@ mod store_support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{Field, Schema};
+use arrow::array::{BinaryArray, Int64Array};
 use cotforge::store::ingest::{derive_id, IngestRow};
-use cotforge::store::parquet_io::{write_parquet, WriteOptions};
 use cotforge::store::{Ingest, IngestOptions, StoreError};
 use store_support::*;
-
-fn write_cols(path: &Path, cols: Vec<(&str, ArrayRef)>) {
-    let schema = Arc::new(Schema::new(
-        cols.iter()
-            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-            .collect::<Vec<_>>(),
-    ));
-    let batch = RecordBatch::try_new(schema.clone(), cols.into_iter().map(|c| c.1).collect())
-        .expect("batch");
-    write_parquet(path, schema, [Ok(batch)], &WriteOptions::default()).expect("write");
-}
-
-fn strs(v: &[Option<&str>]) -> ArrayRef {
-    Arc::new(v.iter().copied().collect::<StringArray>())
-}
 
 fn opts() -> IngestOptions {
     IngestOptions {

@@ -14,8 +14,10 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::record::Recipe;
-use crate::report::{html, io, Summary};
-use crate::stages::export::{describe, export, ExportConfig, ExportFormat, SplitSpec};
+use crate::report::finals::against_previous;
+use crate::report::viewer::{ViewerData, ViewerOptions};
+use crate::report::{html, io, OutData, Summary};
+use crate::stages::export::{describe, export_out, ExportConfig, ExportFormat, SplitSpec};
 use crate::stages::Style;
 
 #[derive(Debug, Args)]
@@ -25,7 +27,8 @@ pub struct ExportArgs {
     /// Directory to write the dataset into (`data/`, README.md, dataset_info.json).
     #[arg(long = "to")]
     pub to: PathBuf,
-    /// Column layout: messages | prompt-completion | alpaca | sharegpt.
+    /// Column layout: messages | prompt-completion | alpaca | sharegpt (SFT, the
+    /// shipped chains), preference | kto | prm (from the search trees).
     #[arg(long, default_value = "messages")]
     pub format: ExportFormat,
     /// Assistant text: marco (<Thought>/<Output>) | think (<think>) | plain (answer only).
@@ -47,6 +50,16 @@ pub struct ExportArgs {
     /// Salt of the id hash that assigns splits.
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
+    /// preference: at most this many pairs per seed.
+    #[arg(long, default_value_t = ExportConfig::default().max_pairs_per_seed)]
+    pub max_pairs_per_seed: usize,
+    /// preference / kto without a reference answer: how far below the selected
+    /// chain's value a chain must be to count as worse.
+    #[arg(long, default_value_t = ExportConfig::default().min_value_margin)]
+    pub min_value_margin: f64,
+    /// prm: a step is labelled good when its estimate exceeds this.
+    #[arg(long, default_value_t = ExportConfig::default().prm_threshold)]
+    pub prm_threshold: f64,
 }
 
 pub fn run_export(a: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -59,6 +72,9 @@ pub fn run_export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         row_group_rows: a.row_group_rows,
         name: a.name,
         split_seed: a.split_seed,
+        max_pairs_per_seed: a.max_pairs_per_seed,
+        min_value_margin: a.min_value_margin,
+        prm_threshold: a.prm_threshold,
     };
     cfg.validate()?;
     let files =
@@ -67,13 +83,20 @@ pub fn run_export(a: ExportArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no chain Parquet files under {}", a.out.display());
     }
     let chains = io::read_all_chains(&files.chains)?;
+    // The tree formats also pair with the chains the ship policy held back.
+    let rejects = if cfg.format.from_trees() {
+        io::read_all_rejects(&files.rejects)?
+    } else {
+        Vec::new()
+    };
     tracing::info!(
         files = files.chains.len(),
         rows = chains.len(),
+        rejects = rejects.len(),
         "read chains"
     );
-    let summary =
-        export(&chains, &a.to, &cfg).with_context(|| format!("exporting to {}", a.to.display()))?;
+    let summary = export_out(&chains, &rejects, &a.out, &a.to, &cfg)
+        .with_context(|| format!("exporting to {}", a.to.display()))?;
     print!("{}", describe(&summary, &a.to));
     Ok(ExitCode::SUCCESS)
 }
@@ -100,15 +123,45 @@ pub struct ReportArgs {
     pub html: PathBuf,
     #[arg(long)]
     pub title: Option<String>,
+    /// The previous night's output: adds the night-over-night section.
+    #[arg(long)]
+    pub previous: Option<PathBuf>,
+    /// Rows embedded in the data viewer (a deterministic sample beyond this).
+    #[arg(long, default_value_t = ViewerOptions::default().max_rows)]
+    pub viewer_rows: usize,
 }
 
 pub fn run_report(a: ReportArgs) -> anyhow::Result<ExitCode> {
-    let s =
-        Summary::from_out_dir(&a.out).with_context(|| format!("reading {}", a.out.display()))?;
+    let data = OutData::read(&a.out).with_context(|| format!("reading {}", a.out.display()))?;
+    let s = data.summary();
     let title = a
         .title
         .unwrap_or_else(|| format!("cotforge report: {}", a.out.display()));
-    let page = html::render(&s, &title);
+    let comparison = match &a.previous {
+        Some(p) => {
+            let (c, missing) = against_previous(&s, p, &a.out.display().to_string())?;
+            anyhow::ensure!(
+                missing.is_none(),
+                "--previous {}: no such output directory",
+                p.display()
+            );
+            c
+        }
+        None => None,
+    };
+    let opts = ViewerOptions {
+        max_rows: a.viewer_rows,
+        ..ViewerOptions::default()
+    };
+    let viewer = ViewerData::build(&data.chains, &data.rejects, Some(&a.out), &opts);
+    let page = html::Page {
+        summary: &s,
+        title: &title,
+        viewer: Some(&viewer),
+        comparison: comparison.as_ref(),
+        gate: None,
+    }
+    .render();
     std::fs::write(&a.html, page).with_context(|| format!("writing {}", a.html.display()))?;
     println!("wrote {}", a.html.display());
     Ok(ExitCode::SUCCESS)

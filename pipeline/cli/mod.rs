@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod bench_http;
+pub mod decontam;
 pub mod engine_args;
 pub mod export;
 pub mod generate;
@@ -59,6 +60,10 @@ pub enum Command {
     Stats(export::StatsArgs),
     /// Write a self-contained HTML report of an output directory.
     Report(export::ReportArgs),
+    /// Flag shipped chains that share an n-gram with benchmark files; they move to the rejects.
+    Decontaminate(decontam::DecontaminateArgs),
+    /// Night over night: every headline number of two outputs, distributions (KS), reasons, prompt overlap.
+    Compare(decontam::CompareArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -83,6 +88,8 @@ pub fn main() -> ExitCode {
         Command::Export(a) => export::run_export(a),
         Command::Stats(a) => export::run_stats(a),
         Command::Report(a) => export::run_report(a),
+        Command::Decontaminate(a) => decontam::run_decontaminate(a),
+        Command::Compare(a) => decontam::run_compare(a),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,8 @@ use crate::store::shard::resolve_shard;
 
 /// Exit code of a run stopped by SIGINT / SIGTERM (resumable).
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code of a finalize whose `[gate]` failed (see `final/GATE_FAILED`).
+pub const EXIT_GATE_FAILED: u8 = 3;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -36,7 +38,8 @@ pub struct FinalizeArgs {
     pub job: PathBuf,
 }
 
-fn print_final(f: &FinalSummary) {
+/// Prints what finalize wrote; the exit code is non-zero when the gate failed.
+fn print_final(f: &FinalSummary) -> ExitCode {
     println!("{}", f.stats);
     println!(
         "final: {} chains ({} duplicates removed); export: {} rows in {}; report: {}",
@@ -46,6 +49,16 @@ fn print_final(f: &FinalSummary) {
         f.export_dir.display(),
         f.report.display()
     );
+    match &f.gate {
+        Some(g) if !g.passed => {
+            eprintln!("gate FAILED: the output is not shippable (final/GATE_FAILED):");
+            for c in g.failures() {
+                eprintln!("  {}", c.line());
+            }
+            ExitCode::from(EXIT_GATE_FAILED)
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
@@ -92,13 +105,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 s.tokens_sampled as f64 / s.seconds.max(1e-9)
             );
             if let Some(f) = &s.finalized {
-                print_final(f);
-            } else {
-                eprintln!(
-                    "shard done; when every shard is done run `cotforge finalize {}`",
-                    a.job.display()
-                );
+                return Ok(print_final(f));
             }
+            eprintln!(
+                "shard done; when every shard is done run `cotforge finalize {}`",
+                a.job.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(RecipeError::Interrupted) => {
@@ -108,16 +120,27 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(EXIT_INTERRUPTED))
         }
-        Err(RecipeError::Store(e @ crate::store::StoreError::LockHeld { .. })) => {
+        Err(e) => held_or(e),
+    }
+}
+
+/// A lock or lease held by another worker exits 75 (EX_TEMPFAIL: try again
+/// later); any other error is returned.
+fn held_or(e: RecipeError) -> anyhow::Result<ExitCode> {
+    use crate::store::StoreError;
+    match e {
+        RecipeError::Store(e @ (StoreError::LockHeld { .. } | StoreError::LeaseHeld { .. })) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(crate::cli::store::EXIT_LOCKED))
         }
-        Err(e) => Err(e.into()),
+        e => Err(e.into()),
     }
 }
 
 pub fn run_finalize(a: FinalizeArgs) -> anyhow::Result<ExitCode> {
     let job = job::load(&a.job)?;
-    print_final(&finalize(&job)?);
-    Ok(ExitCode::SUCCESS)
+    match finalize(&job) {
+        Ok(f) => Ok(print_final(&f)),
+        Err(e) => held_or(e),
+    }
 }

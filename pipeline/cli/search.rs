@@ -1,19 +1,22 @@
-//! `cotforge search` (run the MCTS over seeds) and `cotforge inspect-tree`
-//! (draw a tree JSON in the terminal).
+//! `cotforge search` (the `marco_cot` recipe on one seed file, every tree and
+//! chain written out: `recipes::study`) and `cotforge inspect-tree` (draw a
+//! tree JSON in the terminal).
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::engine_args::EngineArgs;
-use crate::engine::Engine;
+use crate::recipes::job::default_filters;
+use crate::recipes::study::{run_study, StudyOptions, StudyRun};
+use crate::record::Recipe;
+use crate::search::render::render_tree;
 use crate::search::{
-    default_verifier, run_many, seeds_from_jsonl, ChainMeta, DriverConfig, Granularity,
-    ReflectionPolicy, SearchConfig, SelectRule, TreeExport, TreeResult, TreeSearch,
+    DriverConfig, Granularity, ReflectionPolicy, SearchConfig, SelectRule, ShipPolicy, TreeExport,
+    ValueSpec,
 };
 
 #[derive(Debug, Args)]
@@ -45,9 +48,15 @@ pub struct SearchArgs {
     /// Reflection policy: off, on_wrong, on_low_reward, always.
     #[arg(long)]
     pub reflection: Option<ReflectionPolicy>,
-    /// Selected chain: most_visited or highest_reward.
+    /// Selected chain: most_visited, highest_reward or majority_vote.
     #[arg(long)]
     pub select: Option<SelectRule>,
+    /// Value function: confidence, verifier, self_consistency, judge (mixes: --config).
+    #[arg(long, value_parser = parse_value)]
+    pub value: Option<ValueSpec>,
+    /// What ships: selected, verified, top_k, all (default: verified with a reference answer).
+    #[arg(long)]
+    pub ship: Option<ShipPolicy>,
     /// Root seed of all sampling.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -56,11 +65,17 @@ pub struct SearchArgs {
     pub limit: Option<usize>,
     /// KV cells held before the least recently used cached tree nodes are
     /// dropped (re-evaluated if needed again). Every decode walks the cells in
-    /// use, so a bounded cache decodes faster. Default 256 per parallel
-    /// sequence (measured: 3% re-evaluation, faster wall time); 0 = no budget.
+    /// use, so a bounded cache decodes faster. Default: start at 256 per
+    /// parallel sequence (tuned on SmolLM2-135M) and grow by what evictions
+    /// cost; 0 = no budget.
     #[arg(long)]
     pub max_cells: Option<usize>,
-    /// Output directory: results.jsonl, chains.jsonl, report.json, trees/<id>.json.
+    /// Keep --max-cells fixed (by default it grows by what evictions cost in re-evaluation).
+    #[arg(long)]
+    pub fixed_cells: bool,
+    /// Output directory: results.jsonl, chains.jsonl (every distinct chain with
+    /// selected, value, agreement, verified, shipped, why), rejected.jsonl,
+    /// report.json, trees/<id>.json.
     #[arg(long, default_value = "out/search")]
     pub out: PathBuf,
     /// Unix time stamped into chain rows (default: SOURCE_DATE_EPOCH or 0, for reproducible output).
@@ -83,7 +98,7 @@ pub struct InspectTreeArgs {
     pub max_depth: Option<usize>,
 }
 
-fn search_config(a: &SearchArgs) -> anyhow::Result<SearchConfig> {
+pub(crate) fn search_config(a: &SearchArgs) -> anyhow::Result<SearchConfig> {
     let mut c = match &a.config {
         Some(p) => {
             let t =
@@ -113,126 +128,39 @@ fn search_config(a: &SearchArgs) -> anyhow::Result<SearchConfig> {
     if let Some(v) = a.select {
         c.select = v;
     }
+    if let Some(v) = &a.value {
+        c.value = v.clone();
+    }
+    if let Some(v) = a.ship {
+        c.ship = Some(v);
+    }
     if let Some(v) = a.seed {
         c.seed = v;
     }
     Ok(c.build()?)
 }
 
-/// A file name for a seed id: keeps `[A-Za-z0-9._-]`, replaces the rest.
-fn file_stem(id: &str) -> String {
-    let s: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s.starts_with('.') {
-        format!("seed{s}")
-    } else {
-        s
-    }
+fn parse_value(s: &str) -> Result<ValueSpec, String> {
+    s.parse::<crate::search::ValueKind>().map(ValueSpec::one)
 }
 
-/// A finished `cotforge search`: what `run` prints and `bench search` measures.
-pub struct SearchRun {
-    pub cfg: SearchConfig,
-    pub seeds: Vec<crate::record::Seed>,
-    pub results: Vec<TreeResult>,
-    pub report: crate::search::DriverReport,
-    pub engine: Box<dyn Engine>,
-}
-
-/// Run the search the arguments describe and write its outputs under `--out`.
-pub fn search(a: &SearchArgs) -> anyhow::Result<SearchRun> {
-    let cfg = search_config(a)?;
-    let trees_dir = a.out.join("trees");
-    std::fs::create_dir_all(&trees_dir)
-        .with_context(|| format!("creating {}", trees_dir.display()))?;
-    let mut seeds = read_seeds(&a.seeds, a.limit, &a.out)?;
-    if let Some(n) = a.limit {
-        seeds.truncate(n);
-    }
-    if seeds.is_empty() {
-        bail!("no seeds in {}", a.seeds.display());
-    }
+/// Run the study the arguments describe and write its outputs under `--out`.
+pub fn search(a: &SearchArgs) -> anyhow::Result<StudyRun> {
+    let opts = StudyOptions {
+        seeds: a.seeds.clone(),
+        limit: a.limit,
+        out: a.out.clone(),
+        search: search_config(a)?,
+        driver: driver_config(a),
+        filters: default_filters(Recipe::MarcoCot),
+        created_at: a.created_at.unwrap_or(0),
+    };
     let mut engine = a.engine.build()?;
-    let verifier = default_verifier();
-    let trees = seeds
-        .iter()
-        .map(|s| TreeSearch::new(&*engine, s, &cfg, verifier.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let bar = seed_bar(seeds.len(), a.quiet);
-    let mut write_err: Option<anyhow::Error> = None;
-    let dcfg = driver_config(a);
-    let (results, report) = run_many(engine.as_mut(), trees, &dcfg, &mut |r, p| {
-        let path = trees_dir.join(format!("{}.json", file_stem(&r.seed_id)));
-        if let Err(e) = std::fs::write(&path, r.tree.to_json()) {
-            write_err.get_or_insert(anyhow::anyhow!("writing {}: {e}", path.display()));
-        }
-        tick_bar(&bar, p);
-    })?;
+    let bar = seed_bar(0, a.quiet);
+    let run = run_study(engine.as_mut(), &opts, &mut |_, p| tick_bar(&bar, p))
+        .with_context(|| format!("searching {}", a.seeds.display()))?;
     bar.finish_and_clear();
-    if let Some(e) = write_err {
-        return Err(e);
-    }
-    write_outputs(
-        &a.out,
-        &seeds,
-        &results,
-        &report,
-        &*engine,
-        a.created_at.unwrap_or(0),
-    )?;
-    Ok(SearchRun {
-        cfg,
-        seeds,
-        results,
-        report,
-        engine,
-    })
-}
-
-/// Seeds from a seed Parquet file (the store's ingest: rows it cannot use go
-/// to `OUT/rejected.jsonl` with the reason) or from JSONL.
-fn read_seeds(
-    path: &Path,
-    limit: Option<usize>,
-    out: &Path,
-) -> anyhow::Result<Vec<crate::record::Seed>> {
-    use crate::store::{Ingest, IngestOptions, IngestRow};
-    let parquet = path.extension().is_some_and(|e| e == "parquet");
-    if !parquet {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading seeds {}", path.display()))?;
-        return seeds_from_jsonl(&text).with_context(|| format!("in {}", path.display()));
-    }
-    let mut seeds = Vec::new();
-    let mut rejects = String::new();
-    let mut n_rejects = 0usize;
-    for item in Ingest::open(&[path], IngestOptions::default())? {
-        match item?.row {
-            IngestRow::Seed(s) => seeds.push(s),
-            IngestRow::Reject(r) => {
-                n_rejects += 1;
-                rejects.push_str(&serde_json::to_string(&r)?);
-                rejects.push('\n');
-            }
-        }
-        if limit.is_some_and(|n| seeds.len() >= n) {
-            break;
-        }
-    }
-    if n_rejects > 0 {
-        let p = out.join("rejected.jsonl");
-        std::fs::write(&p, rejects).with_context(|| format!("writing {}", p.display()))?;
-        tracing::warn!(rows = n_rejects, file = %p.display(), "seed rows rejected at ingest");
-    }
-    Ok(seeds)
+    Ok(run)
 }
 
 /// The scheduler settings the flags describe.
@@ -241,6 +169,7 @@ pub(crate) fn driver_config(a: &SearchArgs) -> DriverConfig {
     DriverConfig {
         max_batch_tokens: a.engine.n_batch,
         max_cells: (cells > 0).then_some(cells),
+        grow_cells: !a.fixed_cells,
         ..Default::default()
     }
 }
@@ -265,27 +194,33 @@ pub(crate) fn seed_bar(n: usize, quiet: bool) -> ProgressBar {
 
 pub(crate) fn tick_bar(bar: &ProgressBar, p: &crate::search::Progress) {
     let secs = p.elapsed_seconds.max(1e-9);
+    bar.set_length(p.trees_total as u64);
     bar.set_position(p.trees_done as u64);
     bar.set_message(format!(
-        "{:.0} tok/s sampled, {:.0} tok/s evaluated",
+        "{:.0} tok/s sampled, {:.0} tok/s evaluated{}",
         p.tokens_sampled as f64 / secs,
-        p.tokens_evaluated as f64 / secs
+        p.tokens_evaluated as f64 / secs,
+        if p.trees_failed > 0 {
+            format!(", {} failed", p.trees_failed)
+        } else {
+            String::new()
+        }
     ));
 }
 
 pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
-    let SearchRun {
-        results, report, ..
+    let StudyRun {
+        outcomes, report, ..
     } = search(&a)?;
-    let chains: usize = results.iter().map(|r| r.chains.len()).sum();
+    let chains: usize = outcomes.iter().map(|o| o.chains.len()).sum();
+    let shipped: usize = outcomes.iter().map(|o| o.processed.accepted.len()).sum();
     let hours = report.wall_seconds / 3600.0;
     eprintln!(
-        "{} seeds, {} chains in {:.1}s ({:.0} seeds/hour); {} tokens sampled, {} evaluated \
+        "{} seeds, {chains} chains ({shipped} would ship) in {:.1}s ({:.0} seeds/hour); {} tokens sampled, {} evaluated \
          ({:.2}x distinct tree tokens, {:.2}x of resend-path-per-rollout, {:.2}x of per-action); decode {:.0}% of wall; out: {}",
-        results.len(),
-        chains,
+        outcomes.len(),
         report.wall_seconds,
-        results.len() as f64 / hours.max(1e-12),
+        outcomes.len() as f64 / hours.max(1e-12),
         report.tokens_sampled,
         report.tokens_evaluated,
         report.tokens_evaluated as f64 / report.distinct_tokens.max(1) as f64,
@@ -297,119 +232,6 @@ pub fn run(a: SearchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_outputs(
-    out: &Path,
-    seeds: &[crate::record::Seed],
-    results: &[TreeResult],
-    report: &crate::search::DriverReport,
-    engine: &dyn Engine,
-    created_at: i64,
-) -> anyhow::Result<()> {
-    let meta = ChainMeta {
-        model: engine.model_name().to_string(),
-        model_blake3: engine.model_hash().to_string(),
-        created_at,
-    };
-    let mut res = String::new();
-    let mut chains = String::new();
-    for (r, s) in results.iter().zip(seeds) {
-        res.push_str(&serde_json::to_string(r)?);
-        res.push('\n');
-        for c in r.to_chains(s, &meta) {
-            chains.push_str(&serde_json::to_string(&c)?);
-            chains.push('\n');
-        }
-    }
-    let w = |name: &str, text: &str| -> anyhow::Result<()> {
-        let p = out.join(name);
-        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
-    };
-    w("results.jsonl", &res)?;
-    w("chains.jsonl", &chains)?;
-    let mut summary = report.clone();
-    summary.steps.clear();
-    summary.batch_sequences.clear();
-    w("report.json", &serde_json::to_string_pretty(&summary)?)?;
-    Ok(())
-}
-
-fn preview(text: &str, width: usize) -> String {
-    let flat: String = text
-        .chars()
-        .map(|c| if c == '\n' { '⏎' } else { c })
-        .collect();
-    let n = flat.chars().count();
-    if n <= width {
-        flat
-    } else {
-        let s: String = flat.chars().take(width.saturating_sub(1)).collect();
-        format!("{s}…")
-    }
-}
-
-/// The tree as indented text: N, Q and reward per node, `*` on the best path.
-pub fn render_tree(t: &TreeExport, width: usize, max_depth: Option<usize>) -> String {
-    let mut s = String::new();
-    let chains = t.nodes.iter().filter(|n| n.answer.is_some()).count();
-    let _ = writeln!(
-        s,
-        "seed {}  nodes {}  terminal {}  stop {:?}",
-        t.seed_id,
-        t.nodes.len(),
-        chains,
-        t.stop
-    );
-    let _ = writeln!(s, "prompt: {}", preview(&t.prompt, width + 20));
-    if let Some(r) = &t.reference_answer {
-        let _ = writeln!(s, "reference: {}", preview(r, width));
-    }
-    let best: std::collections::BTreeSet<_> = t.best_path.iter().copied().collect();
-    // Iterative DFS, children in order.
-    let mut stack = vec![(crate::search::NodeId::ROOT, 0usize)];
-    while let Some((id, depth)) = stack.pop() {
-        let Some(n) = t.nodes.get(id.0 as usize) else {
-            continue;
-        };
-        let mark = if best.contains(&id) { '*' } else { ' ' };
-        let indent = "  ".repeat(depth);
-        let mut line = format!("{mark}{indent}[{}] N={} Q={:.3}", n.id.0, n.n, n.q);
-        if !n.confidences.is_empty() {
-            let c =
-                n.confidences.iter().map(|&c| c as f64).sum::<f64>() / n.confidences.len() as f64;
-            let _ = write!(line, " c={c:.3}");
-        }
-        if n.reflection {
-            line.push_str(" [reflection]");
-        }
-        if id.0 == 0 {
-            line.push_str(" (prompt)");
-        } else {
-            let _ = write!(line, " \"{}\"", preview(&n.text, width));
-        }
-        if let Some(a) = &n.answer {
-            let v = match a.verified {
-                Some(true) => " ok",
-                Some(false) => " wrong",
-                None => "",
-            };
-            let _ = write!(
-                line,
-                "  => \"{}\" r={:.3}{v} ({:?})",
-                preview(&a.text, 30),
-                a.reward,
-                n.terminal
-            );
-        }
-        let _ = writeln!(s, "{line}");
-        if max_depth.is_none_or(|m| depth < m) {
-            for &c in n.children.iter().rev() {
-                stack.push((c, depth + 1));
-            }
-        }
-    }
-    s
-}
-
 pub fn inspect(a: InspectTreeArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
@@ -417,48 +239,4 @@ pub fn inspect(a: InspectTreeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{} is not a cotforge tree JSON", a.file.display()))?;
     print!("{}", render_tree(&t, a.width, a.max_depth));
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::{CoreLimits, ScriptedConfig, ScriptedEngine};
-    use crate::record::Seed;
-
-    #[test]
-    fn render_marks_the_best_path() {
-        let mut e = ScriptedEngine::scripted(
-            ScriptedConfig::default(),
-            CoreLimits {
-                n_ctx: 1 << 20,
-                n_batch: 4096,
-                n_parallel: 4,
-                n_seq_max: 16,
-            },
-        );
-        let seed = Seed {
-            id: "s/1".into(),
-            prompt: "Add 2 and 3.".into(),
-            reference_answer: Some("5".into()),
-            ..Default::default()
-        };
-        let cfg = SearchConfig {
-            max_rollouts: 4,
-            ..Default::default()
-        };
-        let t = TreeSearch::new(&e, &seed, &cfg, default_verifier()).unwrap();
-        let (r, _) = run_many(&mut e, vec![t], &DriverConfig::default(), &mut |_, _| {}).unwrap();
-        let json = r[0].tree.to_json();
-        let back: TreeExport = serde_json::from_str(&json).unwrap();
-        let out = render_tree(&back, 40, None);
-        let starred = out.lines().filter(|l| l.starts_with('*')).count();
-        assert_eq!(starred, back.best_path.len());
-        assert_eq!(
-            out.lines()
-                .filter(|l| l.contains("[") && l.contains("N="))
-                .count(),
-            back.nodes.len()
-        );
-        assert_eq!(file_stem("s/1"), "s_1");
-    }
 }

@@ -14,13 +14,14 @@ use crate::engine::{
     StepRequest,
 };
 use crate::record::{Chain, Recipe, Reject, Seed};
+use crate::store::fingerprint::{hash_inputs, Fingerprint};
 use crate::store::import::{import, AnswerExtract, ImportOptions, InputFormat};
 use crate::store::manifest::job_created_at;
 use crate::store::parquet_io::WriteOptions;
 use crate::store::shard::resolve_shard;
 use crate::store::status::{status, verify, ShardStatus};
 use crate::store::{
-    blake3_file, run_shard, Ingest, IngestOptions, Processed, Processor, ShardOptions, StoreError,
+    run_shard, Ingest, IngestOptions, Processed, Processor, ShardOptions, StoreError,
 };
 
 /// Exit code when the shard is locked by another worker (EX_TEMPFAIL).
@@ -125,7 +126,7 @@ pub struct ShardWorkerArgs {
     pub seeds: Vec<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
-    /// Defaults from SLURM_ARRAY_TASK_ID (minus SLURM_ARRAY_TASK_MIN) or JOB_COMPLETION_INDEX.
+    /// Defaults from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
     #[arg(long)]
     pub shard_index: Option<u32>,
     /// Defaults from COTFORGE_NUM_SHARDS or SLURM_ARRAY_TASK_COUNT, else 1.
@@ -157,6 +158,9 @@ pub struct ShardWorkerArgs {
     /// Show a progress spinner.
     #[arg(long)]
     pub progress: bool,
+    /// Lease lifetime (seconds) for shared storage without cross-node flock; 0: no lease.
+    #[arg(long, default_value_t = crate::store::lease::DEFAULT_TTL_SECONDS)]
+    pub lease_seconds: u64,
 }
 
 pub fn run_seeds(a: SeedsArgs) -> anyhow::Result<ExitCode> {
@@ -296,8 +300,10 @@ impl ScriptedProcessor {
         }
         msgs.push(ChatMessage::new("user", seed.prompt.clone()));
         // The pipeline owns the tags: the assistant turn starts inside a thought.
-        let text = self.engine.apply_chat_template(&msgs)? + "<Thought>\n";
-        self.engine.tokenize(&text, true)
+        // Seed text is tokenized plain (no control tokens from seeds).
+        let mut toks = self.engine.chat_tokens(&msgs)?;
+        toks.extend(self.engine.tokenize("<Thought>\n", false)?);
+        Ok(toks)
     }
 
     /// Generate for up to `n_parallel` seeds at once: one `step` call advances
@@ -400,6 +406,7 @@ impl ScriptedProcessor {
             model_blake3: self.engine.model_hash().to_string(),
             settings: self.settings.clone(),
             created_at: self.created_at,
+            ..Chain::default()
         };
         if reward < self.min_reward {
             return Processed {
@@ -458,28 +465,39 @@ pub fn run_shard_worker(a: ShardWorkerArgs) -> anyhow::Result<ExitCode> {
         "max_tokens": a.max_tokens, "min_reward": a.min_reward,
     })
     .to_string();
-    let mut fp = blake3::Hasher::new();
-    for s in &a.seeds {
-        let (h, _) = blake3_file(s)?;
-        fp.update(h.as_bytes());
-    }
-    fp.update(settings.as_bytes());
+    let engine = ScriptedEngine::scripted(
+        ScriptedConfig::default(),
+        CoreLimits {
+            n_ctx: 1 << 16,
+            n_batch: 4096,
+            n_parallel: 8,
+            n_seq_max: 8,
+        },
+    );
+    let seed_hashes = hash_inputs(&a.seeds)?;
+    let flush_interval = Duration::try_from_secs_f64(a.flush_seconds)
+        .ok()
+        .filter(|d| d.as_secs_f64() <= crate::recipes::job::MAX_FLUSH_SECONDS)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--flush-seconds {}: must be a number of seconds from 0 to {}",
+                a.flush_seconds,
+                crate::recipes::job::MAX_FLUSH_SECONDS
+            )
+        })?;
     let mut opts = ShardOptions::new(&a.out, &a.kind, shard);
     opts.flush_every = a.flush_every;
-    opts.flush_interval = Duration::from_secs_f64(a.flush_seconds.max(0.0));
+    opts.flush_interval = flush_interval;
     opts.write.row_group_rows = a.row_group_rows;
-    opts.fingerprint = fp.finalize().to_hex().to_string();
+    opts.fingerprint = Fingerprint::new(
+        serde_json::json!({"kind": a.kind, "settings": settings, "max_prompt_chars": a.max_prompt_chars, "max_prompt_bytes": a.max_prompt_bytes, "created_at": created_at}),
+        seed_hashes,
+        engine.model_hash().to_string(),
+    );
     opts.progress = a.progress;
+    opts.lease_ttl = a.lease_seconds;
     let mut processor = ScriptedProcessor {
-        engine: ScriptedEngine::scripted(
-            ScriptedConfig::default(),
-            CoreLimits {
-                n_ctx: 1 << 16,
-                n_batch: 4096,
-                n_parallel: 8,
-                n_seq_max: 8,
-            },
-        ),
+        engine,
         max_tokens: a.max_tokens,
         min_reward: a.min_reward,
         created_at,
@@ -494,7 +512,7 @@ pub fn run_shard_worker(a: ShardWorkerArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e @ StoreError::LockHeld { .. }) => {
+        Err(e @ (StoreError::LockHeld { .. } | StoreError::LeaseHeld { .. })) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(EXIT_LOCKED))
         }

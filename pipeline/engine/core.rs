@@ -30,6 +30,11 @@ pub trait Backend {
     fn model_hash(&self) -> &str;
     fn n_vocab(&self) -> usize;
     fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>>;
+    /// Tokens of seed or model text, control-token strings kept plain (see
+    /// [`Engine::tokenize_plain`]); backends whose `tokenize` parses them override this.
+    fn tokenize_plain(&self, text: &str) -> Result<Vec<Token>> {
+        self.tokenize(text, false)
+    }
     fn piece(&self, token: Token) -> Vec<u8>;
     fn is_eog(&self, token: Token) -> bool;
     fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String>;
@@ -306,6 +311,9 @@ impl<B: Backend> Engine for Core<B> {
     }
     fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>> {
         self.backend.tokenize(text, add_special)
+    }
+    fn tokenize_plain(&self, text: &str) -> Result<Vec<Token>> {
+        self.backend.tokenize_plain(text)
     }
     fn detokenize(&self, tokens: &[Token]) -> Result<String> {
         let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.backend.piece(t)).collect();

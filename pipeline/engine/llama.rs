@@ -4,12 +4,22 @@
 //! The context always uses the unified KV cache: it is what lets a fork share
 //! its parent's cells (metadata-only copy) and what makes partial sequence
 //! copies legal — on a non-unified cache llama.cpp aborts the process on them.
+//!
+//! Tokenization: text cotforge writes (chat templates, its tags) is parsed
+//! for control tokens; text from seeds or the model is not
+//! ([`Backend::tokenize_plain`]), so a seed cannot inject `<|im_start|>`.
+//! A model that fails to load is examined so the message says why: a
+//! truncated file (its header describes more bytes than it has), an
+//! architecture this llama.cpp does not know, or what llama.cpp reported.
 
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::fs::File;
 use std::io::Read;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use super::config::{EngineConfig, FlashAttn};
 use super::core::{Backend, BatchEntry, Core, CoreLimits};
@@ -21,7 +31,48 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::{send_logs_to_tracing, DecodeError, LogOptions};
+use llama_cpp_2::DecodeError;
+
+/// The last warnings and errors llama.cpp logged, to explain a failed load.
+static LOG_TAIL: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+
+/// llama.cpp and ggml log here: lines go to tracing (target `llama.cpp`), and
+/// warnings and errors are kept in [`LOG_TAIL`].
+unsafe extern "C" fn log_to_tracing(level: u32, text: *const c_char, _: *mut c_void) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: llama.cpp passes a NUL-terminated string valid for this call.
+    let s = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let line = s.trim_end();
+    if line.is_empty() {
+        return;
+    }
+    match level {
+        llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "llama.cpp", "{line}"),
+        llama_cpp_sys_2::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "llama.cpp", "{line}"),
+        llama_cpp_sys_2::GGML_LOG_LEVEL_INFO => tracing::info!(target: "llama.cpp", "{line}"),
+        _ => tracing::debug!(target: "llama.cpp", "{line}"),
+    }
+    if matches!(
+        level,
+        llama_cpp_sys_2::GGML_LOG_LEVEL_ERROR | llama_cpp_sys_2::GGML_LOG_LEVEL_WARN
+    ) {
+        if let Ok(mut t) = LOG_TAIL.lock() {
+            if t.len() >= 32 {
+                t.pop_front();
+            }
+            t.push_back(line.to_string());
+        }
+    }
+}
+
+fn take_log_tail() -> Vec<String> {
+    LOG_TAIL
+        .lock()
+        .map(|mut t| t.drain(..).collect())
+        .unwrap_or_default()
+}
 
 /// llama.cpp's process-wide backend, initialized once.
 fn backend() -> Result<&'static LlamaBackend> {
@@ -29,11 +80,99 @@ fn backend() -> Result<&'static LlamaBackend> {
     BACKEND
         .get_or_init(|| {
             // llama.cpp logs to stderr by default; route it through tracing instead.
-            send_logs_to_tracing(LogOptions::default().with_logs_enabled(true));
+            // SAFETY: a 'static callback that ignores its user data.
+            unsafe {
+                llama_cpp_sys_2::llama_log_set(Some(log_to_tracing), std::ptr::null_mut());
+                llama_cpp_sys_2::ggml_log_set(Some(log_to_tracing), std::ptr::null_mut());
+            }
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
         .map_err(|e| EngineError::Backend(format!("backend init: {e}")))
+}
+
+/// What a GGUF's header says: its architecture and how long the file must be.
+struct GgufHeader {
+    arch: Option<String>,
+    expected_len: u64,
+}
+
+/// Read a GGUF's header through ggml's own parser (no tensor data is read).
+/// `None` when the header itself cannot be parsed.
+fn read_gguf_header(path: &Path) -> Option<GgufHeader> {
+    let c_path = CString::new(path.to_str()?).ok()?;
+    let params = llama_cpp_sys_2::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    // SAFETY: a valid path; the context is freed below and not used after.
+    let ctx = unsafe { llama_cpp_sys_2::gguf_init_from_file(c_path.as_ptr(), params) };
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: `ctx` is a live context; indices come from its own counts.
+    let header = unsafe {
+        let key = c"general.architecture";
+        let k = llama_cpp_sys_2::gguf_find_key(ctx, key.as_ptr());
+        let arch = if k >= 0 {
+            let v = llama_cpp_sys_2::gguf_get_val_str(ctx, k);
+            (!v.is_null()).then(|| CStr::from_ptr(v).to_string_lossy().into_owned())
+        } else {
+            None
+        };
+        let data = llama_cpp_sys_2::gguf_get_data_offset(ctx) as u64;
+        let n = llama_cpp_sys_2::gguf_get_n_tensors(ctx);
+        let end = (0..n)
+            .map(|i| {
+                llama_cpp_sys_2::gguf_get_tensor_offset(ctx, i) as u64
+                    + llama_cpp_sys_2::gguf_get_tensor_size(ctx, i) as u64
+            })
+            .max()
+            .unwrap_or(0);
+        llama_cpp_sys_2::gguf_free(ctx);
+        GgufHeader {
+            arch,
+            expected_len: data + end,
+        }
+    };
+    Some(header)
+}
+
+/// Why llama.cpp could not load `path`, in words a user can act on.
+fn load_failure(path: &Path, len: u64, llama_error: &str) -> String {
+    let said = take_log_tail();
+    let said_text = if said.is_empty() {
+        llama_error.to_string()
+    } else {
+        said.join(" | ")
+    };
+    let Some(h) = read_gguf_header(path) else {
+        return format!(
+            "its GGUF header cannot be read: the file is truncated or corrupt, fetch it again (llama.cpp: {said_text})"
+        );
+    };
+    if len < h.expected_len {
+        return format!(
+            "the file is truncated: its header describes {} bytes, the file has {len}; fetch it again",
+            h.expected_len
+        );
+    }
+    let arch = h.arch.unwrap_or_else(|| "(none)".into());
+    if said
+        .iter()
+        .any(|l| l.contains("unknown model architecture"))
+    {
+        return format!(
+            "this llama.cpp build does not support the model architecture `{arch}` \
+             (general.architecture; llama.cpp: {said_text}); the file itself is complete. Use a GGUF \
+             of a supported architecture (e.g. llama, qwen2, gemma3, phi3) or a cotforge built with a \
+             newer llama.cpp"
+        );
+    }
+    format!(
+        "llama.cpp could not load it (architecture `{arch}`; the file is complete, {len} bytes as its \
+         header describes): {said_text}"
+    )
 }
 
 /// Check that `path` looks like a complete GGUF file before llama.cpp sees it.
@@ -100,6 +239,8 @@ pub struct LlamaCpp {
     model: Box<LlamaModel>,
     template: Option<LlamaChatTemplate>,
     fallback_template: String,
+    /// The model's template failed once and the fallback was announced.
+    fallback_warned: AtomicBool,
     pieces: Vec<Vec<u8>>,
     eog: Vec<bool>,
     name: String,
@@ -120,9 +261,13 @@ impl LlamaEngine {
         let backend = backend()?;
         let hash = file_blake3(path)?;
         let mparams = LlamaModelParams::default().with_n_gpu_layers(cfg.gpu_layers);
-        let model = LlamaModel::load_from_file(backend, path, &mparams).map_err(|e| EngineError::Model {
-            path: path.display().to_string(),
-            reason: format!("llama.cpp could not load it ({e}); the file is truncated or corrupt, fetch it again"),
+        take_log_tail();
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let model = LlamaModel::load_from_file(backend, path, &mparams).map_err(|e| {
+            EngineError::Model {
+                path: path.display().to_string(),
+                reason: load_failure(path, len, &e.to_string()),
+            }
         })?;
         let model = Box::new(model);
         // SAFETY: the model lives in a Box whose heap address never changes and is
@@ -171,15 +316,29 @@ impl LlamaEngine {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
         tracing::info!(model = %name, n_vocab, n_ctx, threads, "loaded GGUF");
+        let fallback_template = cfg
+            .chat_template
+            .clone()
+            .unwrap_or_else(|| default_template(&arch).into());
+        if template.is_none() {
+            tracing::warn!(
+                "{}: the GGUF carries no chat template; using llama.cpp's built-in `{fallback_template}` \
+                 (chosen {} architecture `{arch}`; set [engine] chat_template to choose another)",
+                path.display(),
+                if cfg.chat_template.is_some() {
+                    "by [engine] chat_template, not by"
+                } else {
+                    "for the"
+                }
+            );
+        }
         let backend = LlamaCpp {
             ctx,
             batch: LlamaBatch::new(cfg.n_batch, 1),
             model,
             template,
-            fallback_template: cfg
-                .chat_template
-                .clone()
-                .unwrap_or_else(|| default_template(&arch).into()),
+            fallback_template,
+            fallback_warned: AtomicBool::new(false),
             pieces,
             eog,
             name,
@@ -222,6 +381,11 @@ impl Backend for LlamaCpp {
             .tokenize(text.as_bytes(), add_special, true);
         Ok(toks.into_iter().map(|t| t.0).collect())
     }
+    fn tokenize_plain(&self, text: &str) -> Result<Vec<Token>> {
+        // No parse_special: `<|im_end|>` in seed text is spelled, not a control token.
+        let toks = self.model.vocab().tokenize(text.as_bytes(), false, false);
+        Ok(toks.into_iter().map(|t| t.0).collect())
+    }
     fn piece(&self, token: Token) -> Vec<u8> {
         self.pieces.get(token as usize).cloned().unwrap_or_default()
     }
@@ -237,10 +401,16 @@ impl Backend for LlamaCpp {
         if let Some(t) = &self.template {
             match self.apply(t, &msgs) {
                 Ok(s) => return Ok(s),
-                Err(e) => tracing::warn!(
-                    "model chat template failed ({e}); using fallback {}",
-                    self.fallback_template
-                ),
+                Err(e) => {
+                    if !self.fallback_warned.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "{}: llama.cpp cannot apply the model's chat template ({e}); using its built-in `{}` \
+                             (set [engine] chat_template to choose another)",
+                            self.name,
+                            self.fallback_template
+                        )
+                    }
+                }
             }
         }
         let fb = LlamaChatTemplate::new(&self.fallback_template)

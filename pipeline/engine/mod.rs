@@ -162,7 +162,29 @@ pub trait Engine {
     /// Most sequences alive at once (the KV seq-id pool).
     fn n_seq_max(&self) -> usize;
 
+    /// Tokens of `text`, control-token strings in it (`<|im_end|>`) parsed as
+    /// control tokens: for text cotforge itself writes (templates, its tags).
+    /// `add_special` adds the model's BOS where it wants one.
     fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>>;
+    /// Tokens of text that came from seeds or from the model: control-token
+    /// strings in it stay plain text, so a seed cannot inject a turn. No BOS.
+    /// The default suits engines whose `tokenize` never parses control
+    /// tokens; engines whose `tokenize` does must override it.
+    fn tokenize_plain(&self, text: &str) -> Result<Vec<Token>> {
+        self.tokenize(text, false)
+    }
+    /// The chat rendered by the model's template (opening the assistant
+    /// turn) as tokens: the template's own control tokens special, every
+    /// message's content plain ([`Engine::tokenize_plain`]). Use this, not
+    /// `tokenize(&apply_chat_template(..), true)`, for any prompt holding seed text.
+    fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<Token>> {
+        chat_tokens_with(
+            messages,
+            &|m| self.apply_chat_template(m),
+            &|t, bos| self.tokenize(t, bos),
+            &|t| self.tokenize_plain(t),
+        )
+    }
     fn detokenize(&self, tokens: &[Token]) -> Result<String>;
     /// Bytes of one token's text.
     fn piece(&self, token: Token) -> Vec<u8>;
@@ -209,6 +231,100 @@ pub trait Engine {
     fn score_many(&mut self, items: &[(&[Token], &[Token])]) -> Result<Vec<Vec<TokenOut>>>;
 
     fn stats(&self) -> &EngineStats;
+}
+
+/// A rendering function of the chat template.
+pub type RenderFn<'a> = dyn Fn(&[ChatMessage]) -> Result<String> + 'a;
+/// A tokenizer that parses control tokens (`bool`: add BOS).
+pub type SpecialFn<'a> = dyn Fn(&str, bool) -> Result<Vec<Token>> + 'a;
+/// A tokenizer that keeps everything plain text.
+pub type PlainFn<'a> = dyn Fn(&str) -> Result<Vec<Token>> + 'a;
+
+/// [`Engine::chat_tokens`] from its parts. The template is rendered once with
+/// a unique placeholder in place of each content, which marks where contents
+/// go; the pieces between are the template's (tokenized with control tokens
+/// parsed), the contents are tokenized plain. A second rendering with the real
+/// contents checks the template keeps them verbatim (or only trims them, as
+/// llama3 and gemma templates do), so the tokens spell exactly the text the
+/// template would produce.
+pub fn chat_tokens_with(
+    messages: &[ChatMessage],
+    render: &RenderFn<'_>,
+    special: &SpecialFn<'_>,
+    plain: &PlainFn<'_>,
+) -> Result<Vec<Token>> {
+    // Placeholders from the private-use area, salted until no content holds one.
+    let mut salt = 0u32;
+    let tag = |salt: u32, i: usize| format!("\u{E000}cf{salt}:{i}\u{E001}");
+    while messages
+        .iter()
+        .any(|m| m.content.contains(&format!("\u{E000}cf{salt}:")))
+    {
+        salt += 1;
+    }
+    let masked: Vec<ChatMessage> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ChatMessage::new(m.role.clone(), tag(salt, i)))
+        .collect();
+    let rendered = render(&masked)?;
+    // Split at the placeholders: (template piece, content index after it).
+    let open = format!("\u{E000}cf{salt}:");
+    let mut parts: Vec<(&str, Option<usize>)> = Vec::new();
+    let mut rest = rendered.as_str();
+    while let Some(at) = rest.find(&open) {
+        let after = &rest[at + open.len()..];
+        let end = after.find('\u{E001}').ok_or_else(|| {
+            EngineError::Template("the template cut a message placeholder".into())
+        })?;
+        let i: usize = after[..end].parse().map_err(|_| {
+            EngineError::Template("the template changed a message placeholder".into())
+        })?;
+        if i >= messages.len() {
+            return Err(EngineError::Template(
+                "the template invented a message".into(),
+            ));
+        }
+        parts.push((&rest[..at], Some(i)));
+        rest = &after[end + '\u{E001}'.len_utf8()..];
+    }
+    parts.push((rest, None));
+    let real = render(messages)?;
+    let joined = |f: &dyn Fn(&str) -> String| -> String {
+        let mut s = String::with_capacity(real.len());
+        for (piece, i) in &parts {
+            s.push_str(piece);
+            if let Some(i) = i {
+                s.push_str(&f(&messages[*i].content));
+            }
+        }
+        s
+    };
+    let trim = if joined(&|c| c.to_string()) == real {
+        false
+    } else if joined(&|c| c.trim().to_string()) == real {
+        true
+    } else {
+        return Err(EngineError::Template(
+            "the chat template rewrites message text, so seed text cannot be kept apart from \
+             control tokens; set [engine] chat_template to a llama.cpp built-in template"
+                .into(),
+        ));
+    };
+    let mut out = Vec::new();
+    for (k, (piece, i)) in parts.iter().enumerate() {
+        if k == 0 || !piece.is_empty() {
+            out.extend(special(piece, k == 0)?);
+        }
+        if let Some(i) = i {
+            let c = &messages[*i].content;
+            let c = if trim { c.trim() } else { c.as_str() };
+            if !c.is_empty() {
+                out.extend(plain(c)?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Mean confidence over tokens; 0 for an empty slice.

@@ -192,24 +192,18 @@ impl ScriptedBackend {
     }
 }
 
-impl Backend for ScriptedBackend {
-    fn model_name(&self) -> &str {
-        &self.name
-    }
-    fn model_hash(&self) -> &str {
-        &self.hash
-    }
-    fn n_vocab(&self) -> usize {
-        n_vocab()
-    }
-    /// Greedy longest match over the word list, bytes otherwise.
-    fn tokenize(&self, text: &str, _add_special: bool) -> Result<Vec<Token>> {
+impl ScriptedBackend {
+    /// Greedy longest match over the word list (chat markers only with `special`), bytes otherwise.
+    fn words(&self, text: &str, special: bool) -> Vec<Token> {
         let b = text.as_bytes();
         let mut out = Vec::with_capacity(b.len() / 3 + 1);
         let mut i = 0;
         while i < b.len() {
             let mut best: Option<(usize, usize)> = None;
             for (w, word) in WORDS.iter().enumerate().skip(1) {
+                if !special && (256 + w as Token) >= ASSISTANT {
+                    continue;
+                }
                 let wb = word.as_bytes();
                 if b[i..].starts_with(wb) && best.is_none_or(|(_, l)| wb.len() > l) {
                     best = Some((w, wb.len()));
@@ -226,7 +220,28 @@ impl Backend for ScriptedBackend {
                 }
             }
         }
-        Ok(out)
+        out
+    }
+}
+
+impl Backend for ScriptedBackend {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+    fn model_hash(&self) -> &str {
+        &self.hash
+    }
+    fn n_vocab(&self) -> usize {
+        n_vocab()
+    }
+    /// Greedy longest match over the word list, bytes otherwise.
+    fn tokenize(&self, text: &str, _add_special: bool) -> Result<Vec<Token>> {
+        Ok(self.words(text, true))
+    }
+    /// As `tokenize`, but the chat markers (`<|user|>` ...) are not words:
+    /// their text is spelled in bytes, like a real model's plain tokenization.
+    fn tokenize_plain(&self, text: &str) -> Result<Vec<Token>> {
+        Ok(self.words(text, false))
     }
     fn piece(&self, token: Token) -> Vec<u8> {
         match token {

@@ -1,6 +1,9 @@
 //! `instruction`: best-of-n sampling on instructions, scored by mean token
 //! confidence. The best completion of each seed ships (after the filters);
-//! no reasoning is required.
+//! no reasoning is required. Seed text is tokenized plain (no control
+//! tokens from seeds); a seed the template, tokenizer or sampler fails on
+//! becomes a reject (`instruction.prompt`, `instruction.sample`) while its
+//! batch-mates are sampled alone.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +14,10 @@ use crate::record::{Chain, Recipe, Seed};
 use crate::stages::filter::FilterChain;
 use crate::store::worker::{Processed, Processor};
 
-use super::{filter_chains, reject_seed, seed_prompt_text, RowMeta};
+use super::{
+    batch_then_alone, engine_reject, filter_chains, is_seed_error, reject_seed, seed_prompt_tokens,
+    RowMeta,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -66,11 +72,19 @@ impl Processor for Instruction<'_> {
         let mut idx = Vec::new();
         let mut out: Vec<Option<Processed>> = vec![None; seeds.len()];
         for (i, seed) in seeds.iter().enumerate() {
-            let text = seed_prompt_text(&*self.engine, seed, system).map_err(|e| e.to_string())?;
-            let prompt = self
-                .engine
-                .tokenize(&text, true)
-                .map_err(|e| e.to_string())?;
+            let prompt = match seed_prompt_tokens(&*self.engine, seed, system) {
+                Ok(p) => p,
+                Err(e) if is_seed_error(&e) => {
+                    out[i] = Some(engine_reject(
+                        seed,
+                        Recipe::Instruction,
+                        "instruction.prompt",
+                        &e,
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(format!("engine failed on seed {}: {e}", seed.id)),
+            };
             if prompt.len() + self.cfg.max_tokens > self.engine.n_ctx() {
                 out[i] = Some(Processed {
                     accepted: vec![],
@@ -100,11 +114,25 @@ impl Processor for Instruction<'_> {
             max_tokens: self.cfg.max_tokens,
             stop: vec![],
         };
-        let results = sample_batch(self.engine, &jobs, params, &rule).map_err(|e| e.to_string())?;
+        let engine = &mut *self.engine;
+        let results = batch_then_alone(&jobs, |js| sample_batch(engine, js, params, &rule))
+            .map_err(|(k, e)| format!("engine failed on seed {}: {e}", seeds[idx[k]].id))?;
         let settings =
             serde_json::json!({"recipe": "instruction", "best_of_n": self.cfg}).to_string();
         for (i, completions) in idx.into_iter().zip(results) {
             let seed = &seeds[i];
+            let completions = match completions {
+                Ok(c) => c,
+                Err(e) => {
+                    out[i] = Some(engine_reject(
+                        seed,
+                        Recipe::Instruction,
+                        "instruction.sample",
+                        &e,
+                    ));
+                    continue;
+                }
+            };
             // Best of n: highest mean confidence, then the lowest index.
             let best = completions.iter().enumerate().max_by(|a, b| {
                 a.1.mean_confidence

@@ -20,6 +20,9 @@ use super::instruction::InstructionConfig;
 use super::open_o1::OpenO1Config;
 use super::RecipeError;
 
+/// The longest journal flush interval accepted (a day; longer is a typo).
+pub const MAX_FLUSH_SECONDS: f64 = 86_400.0;
+
 /// Storage settings of a job (`[store]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +37,9 @@ pub struct StoreSection {
     pub row_group_rows: usize,
     /// Longest prompt accepted (characters); longer rows are rejected at ingest.
     pub max_prompt_chars: usize,
+    /// Lease lifetime (seconds) beside each lock, for shared storage whose
+    /// flock does not work across nodes (see `store::lease`); 0 turns it off.
+    pub lease_seconds: u64,
 }
 
 impl Default for StoreSection {
@@ -44,6 +50,7 @@ impl Default for StoreSection {
             batch_seeds: 16,
             row_group_rows: 10_000,
             max_prompt_chars: 16_000,
+            lease_seconds: crate::store::lease::DEFAULT_TTL_SECONDS,
         }
     }
 }
@@ -132,6 +139,12 @@ pub struct JobFile {
     pub dedup: DedupSection,
     #[serde(default)]
     pub export: ExportSection,
+    /// `[decontaminate]`: n-gram overlap with benchmark files, applied in finalize.
+    #[serde(default)]
+    pub decontaminate: Option<crate::stages::decontam::DecontamConfig>,
+    /// `[gate]`: bounds that make finalize mark the output not shippable.
+    #[serde(default)]
+    pub gate: Option<crate::report::gate::GateConfig>,
 }
 
 fn one() -> u32 {
@@ -144,7 +157,10 @@ pub struct Job {
     pub path: PathBuf,
     pub file: JobFile,
     pub recipes: Vec<ValidRecipe>,
-    /// blake3 of the job text: a journal written under another job is refused.
+    /// blake3 of the job's effective settings (every recipe, dedup, export):
+    /// names the job in leases and in the dedup index. A whitespace or comment
+    /// edit of the file does not change it. Shards carry a fuller per-recipe
+    /// fingerprint (settings + seed bytes + model; see [`Job::recipe_settings`]).
     pub fingerprint: String,
 }
 
@@ -163,6 +179,67 @@ impl Job {
             .clone()
             .unwrap_or_else(|| self.file.out.join("export"))
     }
+
+    /// The effective settings that determine one recipe's shards, as canonical
+    /// JSON (sorted keys): parsed values with defaults filled in, not the job
+    /// text. Left out, because they do not change what a shard holds: `out`,
+    /// engine `threads` and the model *path* (the model is identified by its
+    /// blake3), the journal cadence, the lease, the other recipes, `[dedup]`
+    /// and `[export]` (finalize reads those afresh every time), seed *paths*
+    /// (the seed files are identified by their blake3).
+    pub fn recipe_settings(&self, r: &ValidRecipe) -> serde_json::Value {
+        let f = &self.file;
+        let mut engine = serde_json::to_value(&f.engine).unwrap_or_default();
+        if let Some(m) = engine.as_object_mut() {
+            m.remove("threads");
+            m.remove("model");
+        }
+        let spec = &r.spec;
+        let instruction = (spec.kind == Recipe::Instruction).then(|| {
+            let mut c = spec.instruction.clone().unwrap_or_default();
+            if c.seed == 0 {
+                c.seed = f.seed;
+            }
+            c
+        });
+        serde_json::json!({
+            "format": "cotforge-settings/1",
+            "seed": f.seed,
+            "num_shards": f.num_shards,
+            "created_at": f.created_at,
+            "engine": engine,
+            "store": {
+                "batch_seeds": f.store.batch_seeds,
+                "row_group_rows": f.store.row_group_rows,
+                "max_prompt_chars": f.store.max_prompt_chars,
+            },
+            "recipe": {
+                "kind": spec.kind,
+                "limit": spec.limit,
+                "filters": r.filters,
+                "search": (spec.kind == Recipe::MarcoCot).then_some(&r.search),
+                "driver": (spec.kind == Recipe::MarcoCot)
+                    .then(|| spec.driver.clone().unwrap_or_default()),
+                "open_o1": (spec.kind == Recipe::OpenO1)
+                    .then(|| spec.open_o1.clone().unwrap_or_default()),
+                "instruction": instruction,
+            },
+        })
+    }
+}
+
+/// blake3 of the effective settings of the whole job.
+fn job_digest(job: &Job) -> String {
+    let recipes: Vec<serde_json::Value> =
+        job.recipes.iter().map(|r| job.recipe_settings(r)).collect();
+    let all = serde_json::json!({
+        "recipes": recipes,
+        "dedup": job.file.dedup,
+        "export": job.file.export,
+    });
+    blake3::hash(all.to_string().as_bytes())
+        .to_hex()
+        .to_string()
 }
 
 /// Filters a recipe runs when its job file lists none.
@@ -224,6 +301,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
     if file.num_shards == 0 {
         return Err(e("", Some("num_shards"), "must be at least 1".into()));
     }
+    let fs = file.store.flush_seconds;
+    if !(fs.is_finite() && (0.0..=MAX_FLUSH_SECONDS).contains(&fs)) {
+        return Err(e(
+            "store",
+            Some("flush_seconds"),
+            format!("must be a number of seconds from 0 to {MAX_FLUSH_SECONDS}, got {fs}"),
+        ));
+    }
     let eng = &file.engine;
     if eng.n_parallel == 0 {
         return Err(e(
@@ -241,6 +326,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
     }
     if let Err(x) = eng.validate() {
         return Err(e("engine", None, x.to_string()));
+    }
+    if eng.kind == EngineKind::Llama && eng.model.is_dir() {
+        return Err(e(
+            "engine",
+            Some("model"),
+            format!(
+                "{} is a directory, not a GGUF file (point it at the .gguf file inside)",
+                eng.model.display()
+            ),
+        ));
     }
     if eng.kind == EngineKind::Llama && !eng.model.is_file() {
         return Err(e(
@@ -266,6 +361,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
             return Err(e(&t, Some("seeds"), "lists no seed file".into()));
         }
         for s in &spec.seeds {
+            if s.is_dir() {
+                return Err(e(
+                    &t,
+                    Some("seeds"),
+                    format!(
+                        "{} is a directory, not a seed Parquet file (list the .parquet files inside it)",
+                        s.display()
+                    ),
+                ));
+            }
             if !s.is_file() {
                 return Err(e(
                     &t,
@@ -300,6 +405,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
         }
         if spec.kind != Recipe::Instruction && spec.instruction.is_some() {
             return Err(wrong("instruction", Recipe::Instruction));
+        }
+        if let Some(o) = &spec.open_o1 {
+            if o.step_delimiter.is_empty() {
+                return Err(e(
+                    &format!("{t}.open_o1"),
+                    Some("step_delimiter"),
+                    "must not be empty (the default is a blank line, \"\\n\\n\")".into(),
+                ));
+            }
         }
         let filters = spec
             .filters
@@ -355,12 +469,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
         .options
         .validate()
         .map_err(|x| e("export.options", None, x.to_string()))?;
-    Ok(Job {
+    if let Some(d) = &file.decontaminate {
+        d.validate()
+            .map_err(|x| e("decontaminate", None, x.to_string()))?;
+    }
+    if let Some(g) = &file.gate {
+        g.validate().map_err(|x| e("gate", None, x))?;
+    }
+    let mut job = Job {
         path: path.to_path_buf(),
-        fingerprint: blake3::hash(text.as_bytes()).to_hex().to_string(),
+        fingerprint: String::new(),
         recipes,
         file,
-    })
+    };
+    job.fingerprint = job_digest(&job);
+    Ok(job)
 }
 
 /// Line (1-based) of `key` inside `table` (`""` = root, `engine`,

@@ -11,6 +11,7 @@ pub mod job;
 pub mod marco;
 pub mod open_o1;
 pub mod run;
+pub mod study;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub enum RecipeError {
     Stage(#[from] crate::stages::StageError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     #[error("interrupted by a signal; the journal is flushed, rerun the same command to resume")]
     Interrupted,
 }
@@ -78,12 +81,8 @@ impl RowMeta {
     }
 }
 
-/// The chat-templated prompt of a seed (system from the seed, else the recipe's default).
-pub fn seed_prompt_text(
-    engine: &dyn Engine,
-    seed: &Seed,
-    default_system: Option<&str>,
-) -> Result<String, EngineError> {
+/// The chat of a seed: its system prompt (else the recipe's default) and its prompt.
+pub fn seed_messages(seed: &Seed, default_system: Option<&str>) -> Vec<ChatMessage> {
     let mut msgs = Vec::new();
     if let Some(s) = seed
         .system
@@ -94,7 +93,95 @@ pub fn seed_prompt_text(
         msgs.push(ChatMessage::new("system", s));
     }
     msgs.push(ChatMessage::new("user", &seed.prompt));
-    engine.apply_chat_template(&msgs)
+    msgs
+}
+
+/// The chat-templated prompt of a seed as text (for display and logs; the
+/// model is fed [`seed_prompt_tokens`]).
+pub fn seed_prompt_text(
+    engine: &dyn Engine,
+    seed: &Seed,
+    default_system: Option<&str>,
+) -> Result<String, EngineError> {
+    engine.apply_chat_template(&seed_messages(seed, default_system))
+}
+
+/// The chat-templated prompt of a seed as tokens: the template's control
+/// tokens special, the seed's text plain (a seed carrying `<|im_end|>` cannot
+/// open a turn of its own).
+pub fn seed_prompt_tokens(
+    engine: &dyn Engine,
+    seed: &Seed,
+    default_system: Option<&str>,
+) -> Result<Vec<Token>, EngineError> {
+    engine.chat_tokens(&seed_messages(seed, default_system))
+}
+
+/// Whether an engine error belongs to one seed's input (its text, its size)
+/// rather than to the engine: such a seed becomes a reject and the shard goes on.
+pub fn is_seed_error(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Template(_)
+            | EngineError::Tokenize(_)
+            | EngineError::ContextFull { .. }
+            | EngineError::KvFull(_)
+            | EngineError::NothingToSample(_)
+    )
+}
+
+/// A seed's whole result when the engine failed on it: one reject at `stage`.
+pub fn engine_reject(seed: &Seed, recipe: Recipe, stage: &str, e: &EngineError) -> Processed {
+    Processed {
+        accepted: vec![],
+        rejected: vec![reject_seed(seed, recipe, stage, engine_reason(e))],
+    }
+}
+
+/// The reason of a reject for a seed the engine failed on.
+pub fn engine_reason(e: &EngineError) -> String {
+    format!(
+        "the engine failed on this seed: {e} (the shard went on without it; fix or shorten \
+         the seed, or raise [engine] n_ctx)"
+    )
+}
+
+/// Run `run` over all `items` at once (one shared decode batch); if that
+/// fails, run each item alone, so one bad item never fails its batch-mates.
+/// An item's own failure ([`is_seed_error`]) is returned in its slot; any
+/// other error stops the batch with the index of the item it happened on.
+pub fn batch_then_alone<T, R>(
+    items: &[T],
+    mut run: impl FnMut(&[T]) -> Result<Vec<R>, EngineError>,
+) -> Result<Vec<Result<R, EngineError>>, (usize, EngineError)> {
+    match run(items) {
+        Ok(v) => return Ok(v.into_iter().map(Ok).collect()),
+        Err(e) if items.len() <= 1 => {
+            return if is_seed_error(&e) {
+                Ok(vec![Err(e)])
+            } else {
+                Err((0, e))
+            };
+        }
+        Err(e) => tracing::debug!("batch of {} failed ({e}); retrying one by one", items.len()),
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (k, it) in items.iter().enumerate() {
+        match run(std::slice::from_ref(it)) {
+            Ok(mut v) => match v.pop() {
+                Some(r) => out.push(Ok(r)),
+                None => {
+                    return Err((
+                        k,
+                        EngineError::Backend("a one-item batch returned nothing".into()),
+                    ))
+                }
+            },
+            Err(e) if is_seed_error(&e) => out.push(Err(e)),
+            Err(e) => return Err((k, e)),
+        }
+    }
+    Ok(out)
 }
 
 /// The stable id of a chain: blake3 of seed id, recipe and a discriminator.
@@ -156,8 +243,12 @@ pub fn step_means(
         .collect()
 }
 
-/// Byte offsets where each `delimiter`-separated step of `text` ends.
+/// Byte offsets where each `delimiter`-separated step of `text` ends (an
+/// empty delimiter: one step).
 pub fn step_ends(text: &str, delimiter: &str) -> Vec<usize> {
+    if delimiter.is_empty() {
+        return vec![text.len()];
+    }
     let mut ends = Vec::new();
     let mut from = 0;
     while let Some(i) = text[from..].find(delimiter) {
@@ -170,9 +261,9 @@ pub fn step_ends(text: &str, delimiter: &str) -> Vec<usize> {
     ends
 }
 
-/// Tokens of `text` without special-token insertion.
+/// Tokens of seed or model `text`: no BOS, control-token strings kept plain.
 pub fn tokens_of(engine: &dyn Engine, text: &str) -> Result<Vec<Token>, EngineError> {
-    engine.tokenize(text, false)
+    engine.tokenize_plain(text)
 }
 
 #[cfg(test)]
@@ -183,6 +274,11 @@ mod tests {
     fn steps_split_at_delimiter() {
         assert_eq!(step_ends("a\n\nbb\n\nc", "\n\n"), vec![3, 7, 8]);
         assert_eq!(step_ends("abc", "\n\n"), vec![3]);
+        assert_eq!(
+            step_ends("a\n\nb", ""),
+            vec![4],
+            "an empty delimiter is one step"
+        );
         let pieces: Vec<Vec<u8>> = vec![
             b"a".to_vec(),
             b"\n\n".to_vec(),

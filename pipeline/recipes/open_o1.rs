@@ -1,17 +1,25 @@
 //! `open_o1`: score chains that already exist (Open-O1 style input, e.g. the
 //! Marco-o1 CoT demo). One teacher-forced forward pass per chain gives every
 //! token's confidence; the filters then decide what ships.
+//!
+//! The prompt is the seed's chat with its text tokenized plain, and so is the
+//! teacher-forced response: a seed cannot smuggle control tokens in. A seed
+//! the template, tokenizer or scorer fails on becomes a reject (stages
+//! `open_o1.prompt`, `open_o1.score`); its batch-mates are scored alone.
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError, Token};
 use crate::record::{Chain, Recipe, Seed};
 use crate::search::SearchPrompts;
 use crate::stages::filter::FilterChain;
 use crate::stages::format::check_format;
 use crate::store::worker::{Processed, Processor};
 
-use super::{filter_chains, reject_seed, seed_prompt_text, step_ends, step_means, RowMeta};
+use super::{
+    batch_then_alone, engine_reject, filter_chains, is_seed_error, reject_seed, seed_prompt_tokens,
+    step_ends, step_means, RowMeta,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,6 +68,20 @@ impl OpenO1<'_> {
         serde_json::json!({"recipe": "open_o1", "scoring": "teacher_forced", "config": self.cfg})
             .to_string()
     }
+
+    /// The context (chat prompt + the opening tag) and the teacher-forced text, as tokens.
+    fn tokens(
+        &self,
+        seed: &Seed,
+        prompts: &SearchPrompts,
+        text: &str,
+    ) -> Result<(Vec<Token>, Vec<Token>), EngineError> {
+        let system =
+            (!self.cfg.system_prompt.is_empty()).then_some(self.cfg.system_prompt.as_str());
+        let mut ctx = seed_prompt_tokens(&*self.engine, seed, system)?;
+        ctx.extend(self.engine.tokenize(&prompts.thought_open, false)?);
+        Ok((ctx, self.engine.tokenize_plain(text)?))
+    }
 }
 
 impl Processor for OpenO1<'_> {
@@ -93,23 +115,18 @@ impl Processor for OpenO1<'_> {
                     continue;
                 }
             };
-            let system =
-                (!self.cfg.system_prompt.is_empty()).then_some(self.cfg.system_prompt.as_str());
-            let context = seed_prompt_text(&*self.engine, seed, system)
-                .map_err(|e| e.to_string())?
-                + &prompts.thought_open;
             let text = format!(
                 "{reasoning}{}{answer}\n{}",
                 prompts.thought_close, prompts.output_close
             );
-            let ctx_toks = self
-                .engine
-                .tokenize(&context, true)
-                .map_err(|e| e.to_string())?;
-            let text_toks = self
-                .engine
-                .tokenize(&text, false)
-                .map_err(|e| e.to_string())?;
+            let (ctx_toks, text_toks) = match self.tokens(seed, &prompts, &text) {
+                Ok(t) => t,
+                Err(e) if is_seed_error(&e) => {
+                    out[i] = Some(engine_reject(seed, Recipe::OpenO1, "open_o1.prompt", &e));
+                    continue;
+                }
+                Err(e) => return Err(format!("engine failed on seed {}: {e}", seed.id)),
+            };
             let n = ctx_toks.len() + text_toks.len();
             if n > self.cfg.max_tokens || n > self.engine.n_ctx() || text_toks.is_empty() {
                 out[i] = Some(reject(format!(
@@ -124,10 +141,19 @@ impl Processor for OpenO1<'_> {
             .iter()
             .map(|w| (w.1.as_slice(), w.2.as_slice()))
             .collect();
-        let scored = self.engine.score_many(&items).map_err(|e| e.to_string())?;
+        let engine = &mut *self.engine;
+        let scored = batch_then_alone(&items, |it| engine.score_many(it))
+            .map_err(|(k, e)| format!("engine failed on seed {}: {e}", seeds[work[k].0].id))?;
         let settings = self.settings();
         for ((i, _, text_toks, reasoning, answer, text), toks) in work.into_iter().zip(scored) {
             let seed = &seeds[i];
+            let toks = match toks {
+                Ok(t) => t,
+                Err(e) => {
+                    out[i] = Some(engine_reject(seed, Recipe::OpenO1, "open_o1.score", &e));
+                    continue;
+                }
+            };
             let conf: Vec<f32> = toks.iter().map(|t| t.confidence).collect();
             let pieces: Vec<Vec<u8>> = toks.iter().map(|t| t.piece.clone()).collect();
             // Steps of the reasoning, then the answer block as the last step.

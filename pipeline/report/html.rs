@@ -1,11 +1,20 @@
-//! The offline HTML report: inline SVG drawn here, inline CSS, no scripts.
+//! The offline HTML report: inline SVG drawn here, inline CSS, and the data
+//! viewer (`viewer.js`, `viewer.css`, compiled in) with its payload embedded
+//! as JSON. A Content-Security-Policy forbids every network request, and all
+//! row text reaches the page through `textContent`, never as markup.
 //! Every plot is an `<svg class="plot" id="plot-…">` whose bars are
 //! `<rect class="bar">` with a `<title>` tooltip, so tests can find them in
-//! the rendered DOM.
+//! the rendered DOM; the plots and tables need no script.
 
 use std::fmt::Write as _;
 
+use super::compare::Comparison;
+use super::gate::GateOutcome;
+use super::viewer::{script_json, ViewerData};
 use super::{quantiles, Summary};
+
+const VIEWER_JS: &str = include_str!("viewer.js");
+const VIEWER_CSS: &str = include_str!("viewer.css");
 
 const W: f64 = 720.0;
 const H: f64 = 300.0;
@@ -296,161 +305,393 @@ fn card(label: &str, value: &str) -> String {
     )
 }
 
-/// The whole report page.
+/// The report page of a summary alone (no viewer, no comparison).
 pub fn render(summary: &Summary, title: &str) -> String {
-    let s = summary;
-    let mut body = String::new();
-    let total = s.accepted + s.rejected;
-    body.push_str("<div class=\"cards\">");
-    body.push_str(&card("seeds", &s.seeds.to_string()));
-    body.push_str(&card("chains", &total.to_string()));
-    body.push_str(&card("accepted", &s.accepted.to_string()));
-    body.push_str(&card("rejected", &s.rejected.to_string()));
-    if let Some(q) = quantiles(&s.reward_accepted) {
-        body.push_str(&card("median reward (accepted)", &format!("{:.3}", q[3])));
+    Page {
+        summary,
+        title,
+        viewer: None,
+        comparison: None,
+        gate: None,
     }
-    if let Some(q) = quantiles(&s.tokens) {
-        body.push_str(&card("median tokens / chain", &format!("{:.0}", q[3])));
-    }
-    body.push_str("</div>");
+    .render()
+}
 
-    // reward histogram, accepted vs rejected
-    let bins = 20;
-    let fig = |id: &str, caption: &str, svg: String| {
-        format!(
-            "<figure id=\"fig-{id}\"><figcaption>{}</figcaption>{svg}</figure>",
-            esc(caption)
-        )
+/// Everything a report page can show.
+pub struct Page<'a> {
+    pub summary: &'a Summary,
+    pub title: &'a str,
+    pub viewer: Option<&'a ViewerData>,
+    /// Against the previous night.
+    pub comparison: Option<&'a Comparison>,
+    pub gate: Option<&'a GateOutcome>,
+}
+
+/// An HTML table, every cell escaped.
+pub fn html_table(id: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut t = format!("<table id=\"{}\" class=\"data\"><thead><tr>", esc(id));
+    for h in headers {
+        let _ = write!(t, "<th>{}</th>", esc(h));
+    }
+    t.push_str("</tr></thead><tbody>");
+    for r in rows {
+        t.push_str("<tr>");
+        for c in r {
+            let _ = write!(t, "<td>{}</td>", esc(c));
+        }
+        t.push_str("</tr>");
+    }
+    t.push_str("</tbody></table>");
+    t
+}
+
+fn headline_section(s: &Summary) -> String {
+    let mut body = String::from("<section id=\"headline\"><h2>What to read first</h2>");
+    body.push_str(&html_table(
+        "headline-table",
+        &super::HEADLINE_HEADERS,
+        &s.headline_rows(),
+    ));
+    match &s.throughput {
+        Some(t) => {
+            let _ = write!(
+                body,
+                "<p id=\"throughput\">Throughput: <b>{:.2}</b> chains/s and <b>{:.0}</b> tokens/s per worker \
+                 ({} metrics series, {:.1} s busy, {:.1} s from first to last sample).</p>",
+                t.chains_per_s(),
+                t.tokens_per_s(),
+                t.streams,
+                t.busy_seconds,
+                t.span_seconds
+            );
+        }
+        None => body
+            .push_str("<p id=\"throughput\" class=\"empty\">Throughput: no metrics samples.</p>"),
+    }
+    let mut reasons: Vec<_> = s.by_reason_recipe.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let rows: Vec<Vec<String>> = reasons
+        .iter()
+        .map(|((st, re, rc), n)| vec![rc.clone(), st.clone(), re.clone(), n.to_string()])
+        .collect();
+    if !rows.is_empty() {
+        body.push_str("<h3>Reject reasons by recipe</h3>");
+        body.push_str(&html_table(
+            "reasons-by-recipe",
+            &["recipe", "stage", "reason", "rejected"],
+            &rows,
+        ));
+    }
+    body.push_str("</section>");
+    body
+}
+
+fn gate_section(g: &GateOutcome) -> String {
+    let (class, verdict) = if g.passed {
+        ("pass", "passed: the output is shippable")
+    } else {
+        ("fail", "FAILED: the output is not shippable")
     };
-    body.push_str(&fig(
-        "reward",
-        "Reward (mean token confidence) per chain, accepted vs rejected",
+    let mut body = format!(
+        "<section id=\"gate\" class=\"gate {class}\"><h2>Gate {}</h2><ul>",
+        esc(verdict)
+    );
+    for c in &g.checks {
+        let _ = write!(
+            body,
+            "<li class=\"{}\">{}</li>",
+            if c.passed { "ok" } else { "broken" },
+            esc(&c.line())
+        );
+    }
+    if g.checks.is_empty() {
+        body.push_str("<li>no bounds set</li>");
+    }
+    body.push_str("</ul></section>");
+    body
+}
+
+fn compare_section(c: &Comparison) -> String {
+    use super::compare::{KS_HEADERS, METRIC_HEADERS, OVERLAP_HEADERS, REASON_HEADERS};
+    let mut body = String::from("<section id=\"night-over-night\"><h2>Night over night</h2>");
+    let _ = write!(
+        body,
+        "<p>A = <code>{}</code> (previous), B = <code>{}</code> (this night).</p>",
+        esc(&c.a_label),
+        esc(&c.b_label)
+    );
+    body.push_str(&html_table(
+        "compare-metrics",
+        &METRIC_HEADERS,
+        &c.metric_rows(),
+    ));
+    body.push_str("<h3>Distributions (two-sample Kolmogorov–Smirnov)</h3>");
+    body.push_str(&html_table(
+        "compare-ks",
+        &KS_HEADERS,
+        &c.distribution_rows(),
+    ));
+    let bins = 20;
+    let overlay = |id: &str,
+                   title: &str,
+                   labels: &[String],
+                   hist: &dyn Fn(&[f64]) -> Vec<f64>,
+                   a: &[f64],
+                   b: &[f64]| {
         bar_chart(
-            "plot-reward",
-            "Reward histogram",
+            id,
+            title,
             "chains",
-            &bin_labels(0.0, 1.0, bins, false),
+            labels,
             &[
                 Series {
-                    name: "accepted",
-                    color: GREEN,
-                    values: histogram(&s.reward_accepted, 0.0, 1.0, bins),
+                    name: "A (previous)",
+                    color: BLUE,
+                    values: hist(a),
                 },
                 Series {
-                    name: "rejected",
-                    color: RED,
-                    values: histogram(&s.reward_rejected, 0.0, 1.0, bins),
+                    name: "B (this night)",
+                    color: GREEN,
+                    values: hist(b),
                 },
             ],
-        ),
+        )
+    };
+    body.push_str(&overlay(
+        "plot-compare-reward",
+        "Reward of shipped chains, A vs B",
+        &bin_labels(0.0, 1.0, bins, false),
+        &|v| histogram(v, 0.0, 1.0, bins),
+        &c.reward_a,
+        &c.reward_b,
     ));
-
-    let mut reasons: Vec<(String, f64)> = s
-        .by_reason
+    let tmax = c
+        .tokens_a
         .iter()
-        .map(|((st, re), n)| (format!("{st}: {re}"), *n as f64))
-        .collect();
-    reasons.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if reasons.is_empty() {
-        body.push_str("<figure id=\"fig-reasons\"><figcaption>Rejection reasons</figcaption><p class=\"empty\">No rejected rows.</p></figure>");
-    } else {
-        body.push_str(&fig(
-            "reasons",
-            "Rejection reasons",
-            hbar_chart(
-                "plot-reasons",
-                "Rejected chains by stage and reason",
-                &reasons,
-                RED,
-            ),
-        ));
-    }
-
-    let tmax = s.tokens.iter().copied().fold(0.0, f64::max);
+        .chain(&c.tokens_b)
+        .copied()
+        .fold(0.0, f64::max);
     let thi = nice_max(tmax.max(1.0));
-    body.push_str(&fig(
-        "tokens",
-        "Tokens per accepted chain",
-        bar_chart(
-            "plot-tokens",
-            "Tokens per chain",
-            "chains",
-            &bin_labels(0.0, thi, bins, true),
-            &[Series {
-                name: "accepted",
-                color: BLUE,
-                values: histogram(&s.tokens, 0.0, thi, bins),
-            }],
-        ),
+    body.push_str(&overlay(
+        "plot-compare-tokens",
+        "Tokens per shipped chain, A vs B",
+        &bin_labels(0.0, thi, bins, true),
+        &|v| histogram(v, 0.0, thi, bins),
+        &c.tokens_a,
+        &c.tokens_b,
     ));
-
-    let rmax = s.reflections.iter().copied().max().unwrap_or(0) as usize;
-    let mut refl = vec![0.0; rmax + 1];
-    for &r in &s.reflections {
-        refl[r as usize] += 1.0;
-    }
-    body.push_str(&fig(
-        "reflections",
-        "Reflections per accepted chain",
-        bar_chart(
-            "plot-reflections",
-            "Reflections per chain",
-            "chains",
-            &(0..=rmax).map(|i| i.to_string()).collect::<Vec<_>>(),
-            &[Series {
-                name: "accepted",
-                color: PURPLE,
-                values: refl,
-            }],
-        ),
+    body.push_str("<h3>Reject reasons</h3>");
+    body.push_str(&html_table(
+        "compare-reasons",
+        &REASON_HEADERS,
+        &c.reason_rows(),
     ));
+    body.push_str("<h3>Prompt overlap</h3>");
+    body.push_str(&html_table(
+        "compare-overlap",
+        &OVERLAP_HEADERS,
+        &[c.overlap_row()],
+    ));
+    body.push_str("</section>");
+    body
+}
 
-    if s.rates.is_empty() {
-        body.push_str("<figure id=\"fig-throughput\"><figcaption>Throughput</figcaption><p class=\"empty\">No metrics.jsonl in the output directory.</p></figure>");
-    } else {
-        let pts: Vec<(f64, f64)> = s.rates.iter().map(|r| (r.t, r.chains_per_s)).collect();
+impl Page<'_> {
+    pub fn render(&self) -> String {
+        let s = self.summary;
+        let mut body = String::new();
+        if let Some(g) = self.gate {
+            body.push_str(&gate_section(g));
+        }
+        body.push_str(&headline_section(s));
+        let total = s.accepted + s.rejected;
+        body.push_str("<div class=\"cards\">");
+        body.push_str(&card("seeds", &s.seeds.to_string()));
+        body.push_str(&card("chains", &total.to_string()));
+        body.push_str(&card("accepted", &s.accepted.to_string()));
+        body.push_str(&card("rejected", &s.rejected.to_string()));
+        if let Some(q) = quantiles(&s.reward_accepted) {
+            body.push_str(&card("median reward (accepted)", &format!("{:.3}", q[3])));
+        }
+        if let Some(q) = quantiles(&s.tokens) {
+            body.push_str(&card("median tokens / chain", &format!("{:.0}", q[3])));
+        }
+        body.push_str("</div>");
+
+        // reward histogram, accepted vs rejected
+        let bins = 20;
+        let fig = |id: &str, caption: &str, svg: String| {
+            format!(
+                "<figure id=\"fig-{id}\"><figcaption>{}</figcaption>{svg}</figure>",
+                esc(caption)
+            )
+        };
         body.push_str(&fig(
-            "throughput",
-            "Throughput over time (chains/s)",
-            line_chart(
-                "plot-throughput",
-                "Chains per second",
-                "seconds since start",
-                "chains/s",
-                &pts,
-                BLUE,
+            "reward",
+            "Reward (mean token confidence) per chain, accepted vs rejected",
+            bar_chart(
+                "plot-reward",
+                "Reward histogram",
+                "chains",
+                &bin_labels(0.0, 1.0, bins, false),
+                &[
+                    Series {
+                        name: "accepted",
+                        color: GREEN,
+                        values: histogram(&s.reward_accepted, 0.0, 1.0, bins),
+                    },
+                    Series {
+                        name: "rejected",
+                        color: RED,
+                        values: histogram(&s.reward_rejected, 0.0, 1.0, bins),
+                    },
+                ],
             ),
         ));
-        let pts: Vec<(f64, f64)> = s.rates.iter().map(|r| (r.t, r.tokens_per_s)).collect();
+
+        let mut reasons: Vec<(String, f64)> = s
+            .by_reason
+            .iter()
+            .map(|((st, re), n)| (format!("{st}: {re}"), *n as f64))
+            .collect();
+        reasons.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if reasons.is_empty() {
+            body.push_str("<figure id=\"fig-reasons\"><figcaption>Rejection reasons</figcaption><p class=\"empty\">No rejected rows.</p></figure>");
+        } else {
+            body.push_str(&fig(
+                "reasons",
+                "Rejection reasons",
+                hbar_chart(
+                    "plot-reasons",
+                    "Rejected chains by stage and reason",
+                    &reasons,
+                    RED,
+                ),
+            ));
+        }
+
+        let tmax = s.tokens.iter().copied().fold(0.0, f64::max);
+        let thi = nice_max(tmax.max(1.0));
         body.push_str(&fig(
-            "throughput-tokens",
-            "Throughput over time (tokens/s)",
-            line_chart(
-                "plot-throughput-tokens",
-                "Tokens per second",
-                "seconds since start",
-                "tokens/s",
-                &pts,
-                GREEN,
+            "tokens",
+            "Tokens per accepted chain",
+            bar_chart(
+                "plot-tokens",
+                "Tokens per chain",
+                "chains",
+                &bin_labels(0.0, thi, bins, true),
+                &[Series {
+                    name: "accepted",
+                    color: BLUE,
+                    values: histogram(&s.tokens, 0.0, thi, bins),
+                }],
             ),
         ));
+
+        let rmax = s.reflections.iter().copied().max().unwrap_or(0) as usize;
+        let mut refl = vec![0.0; rmax + 1];
+        for &r in &s.reflections {
+            refl[r as usize] += 1.0;
+        }
+        body.push_str(&fig(
+            "reflections",
+            "Reflections per accepted chain",
+            bar_chart(
+                "plot-reflections",
+                "Reflections per chain",
+                "chains",
+                &(0..=rmax).map(|i| i.to_string()).collect::<Vec<_>>(),
+                &[Series {
+                    name: "accepted",
+                    color: PURPLE,
+                    values: refl,
+                }],
+            ),
+        ));
+
+        if s.rates.is_empty() {
+            body.push_str("<figure id=\"fig-throughput\"><figcaption>Throughput</figcaption><p class=\"empty\">No metrics.jsonl in the output directory.</p></figure>");
+        } else {
+            let pts: Vec<(f64, f64)> = s.rates.iter().map(|r| (r.t, r.chains_per_s)).collect();
+            body.push_str(&fig(
+                "throughput",
+                "Throughput over time (chains/s)",
+                line_chart(
+                    "plot-throughput",
+                    "Chains per second",
+                    "seconds since start",
+                    "chains/s",
+                    &pts,
+                    BLUE,
+                ),
+            ));
+            let pts: Vec<(f64, f64)> = s.rates.iter().map(|r| (r.t, r.tokens_per_s)).collect();
+            body.push_str(&fig(
+                "throughput-tokens",
+                "Throughput over time (tokens/s)",
+                line_chart(
+                    "plot-throughput-tokens",
+                    "Tokens per second",
+                    "seconds since start",
+                    "tokens/s",
+                    &pts,
+                    GREEN,
+                ),
+            ));
+        }
+
+        body.push_str(&format!(
+            "<h2>Summary table</h2><pre>{}</pre>",
+            esc(&s.table())
+        ));
+        let summary_tab = body;
+        let mut tabs =
+            String::from("<nav id=\"tabs\"><a href=\"#summary\" data-tab=\"summary\">Summary</a>");
+        if self.viewer.is_some() {
+            tabs.push_str("<a href=\"#list\" data-tab=\"data\">Data</a>");
+        }
+        if self.comparison.is_some() {
+            tabs.push_str("<a href=\"#compare\" data-tab=\"compare\">Night over night</a>");
+        }
+        tabs.push_str("</nav>");
+        let mut page =
+            format!("{tabs}<section id=\"tab-summary\" class=\"tab\">{summary_tab}</section>");
+        if let Some(c) = self.comparison {
+            let _ = write!(
+                page,
+                "<section id=\"tab-compare\" class=\"tab\">{}</section>",
+                compare_section(c)
+            );
+        }
+        let mut scripts = String::new();
+        if let Some(v) = self.viewer {
+            page.push_str(
+                "<section id=\"tab-data\" class=\"tab\"><h2>Data</h2><div id=\"viewer\">\
+                 <p class=\"empty\">The data viewer needs JavaScript.</p></div></section>",
+            );
+            let _ = write!(
+                scripts,
+                "<script type=\"application/json\" id=\"viewer-data\">{}</script>\
+                 <script>{VIEWER_JS}</script>",
+                script_json(v)
+            );
+        }
+        format!(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+             <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <style>body{{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1120px}}\
+             h1{{font-size:22px}}figure{{margin:18px 0;padding:8px;border:1px solid #ddd;border-radius:6px;max-width:740px}}\
+             figcaption{{font-weight:600;margin-bottom:6px}}svg.plot{{max-width:100%;height:auto}}\
+             .cards{{display:flex;flex-wrap:wrap;gap:10px}}.card{{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:90px}}\
+             .card .v{{font-size:20px;font-weight:700}}.card .l{{font-size:12px;color:#555}}\
+             pre{{font-size:12px;background:#f7f7f7;padding:8px;overflow-x:auto}}.empty{{color:#777}}\
+             table.data{{border-collapse:collapse;font-size:13px;margin:8px 0}}table.data th,table.data td{{border:1px solid #ddd;padding:3px 8px;text-align:left}}\
+             table.data th{{background:#f3f3f3}}.gate{{border-radius:6px;padding:4px 12px;margin:12px 0}}\
+             .gate.pass{{background:#e8f5e9;border:1px solid #2e7d32}}.gate.fail{{background:#ffebee;border:1px solid #c62828}}\
+             .gate li.broken{{font-weight:700;color:#b71c1c}}{VIEWER_CSS}</style>\
+             </head><body><h1>{t}</h1>{page}{scripts}</body></html>\n",
+            t = esc(self.title)
+        )
     }
-
-    body.push_str(&format!(
-        "<h2>Summary table</h2><pre>{}</pre>",
-        esc(&s.table())
-    ));
-
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <style>body{{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:780px}}\
-         h1{{font-size:22px}}figure{{margin:18px 0;padding:8px;border:1px solid #ddd;border-radius:6px}}\
-         figcaption{{font-weight:600;margin-bottom:6px}}svg{{max-width:100%;height:auto}}\
-         .cards{{display:flex;flex-wrap:wrap;gap:10px}}.card{{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:90px}}\
-         .card .v{{font-size:20px;font-weight:700}}.card .l{{font-size:12px;color:#555}}\
-         pre{{font-size:12px;background:#f7f7f7;padding:8px;overflow-x:auto}}.empty{{color:#777}}</style>\
-         </head><body><h1>{t}</h1>{body}</body></html>\n",
-        t = esc(title)
-    )
 }

@@ -229,6 +229,20 @@ pub fn read_chains(path: &Path) -> Result<Vec<Chain>, IoError> {
         let verified = verified
             .as_ref()
             .and_then(|a| a.as_any().downcast_ref::<BooleanArray>());
+        let selected = c.get("selected", &DataType::Boolean)?;
+        let selected = selected
+            .as_ref()
+            .and_then(|a| a.as_any().downcast_ref::<BooleanArray>());
+        let (value, agreement) = (
+            c.get("value", &DataType::Float64)?,
+            c.get("agreement", &DataType::Float64)?,
+        );
+        let opt_f = |a: &Option<ArrayRef>, i: usize| {
+            a.as_ref()
+                .and_then(|a| a.as_any().downcast_ref::<Float64Array>())
+                .filter(|a| a.is_valid(i))
+                .map(|a| a.value(i))
+        };
         let created = c.get("created_at", &DataType::Int64)?;
         let created = created
             .as_ref()
@@ -293,6 +307,9 @@ pub fn read_chains(path: &Path) -> Result<Vec<Chain>, IoError> {
                     .map_or(0, |a| a.value(i)),
                 verified: verified.filter(|a| a.is_valid(i)).map(|a| a.value(i)),
                 created_at: created.filter(|a| a.is_valid(i)).map_or(0, |a| a.value(i)),
+                selected: selected.filter(|a| a.is_valid(i)).map(|a| a.value(i)),
+                value: opt_f(&value, i),
+                agreement: opt_f(&agreement, i),
             });
         }
     }

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::judge::JudgeConfig;
 use super::prompts::SearchPrompts;
+use super::value::ValueSpec;
 use super::SearchError;
 
 /// How much text one action (one tree edge) covers.
@@ -24,15 +26,14 @@ pub enum Granularity {
     Token,
 }
 
+names!(Granularity, "granularity", {
+    Step => "step",
+    MiniStep32 => "mini-step-32",
+    MiniStep64 => "mini-step-64",
+    Token => "token",
+});
+
 impl Granularity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Granularity::Step => "step",
-            Granularity::MiniStep32 => "mini-step-32",
-            Granularity::MiniStep64 => "mini-step-64",
-            Granularity::Token => "token",
-        }
-    }
     /// Fixed action length in tokens, if this granularity has one.
     pub fn fixed_len(self) -> Option<u32> {
         match self {
@@ -41,31 +42,6 @@ impl Granularity {
             Granularity::MiniStep64 => Some(64),
             Granularity::Token => Some(1),
         }
-    }
-}
-
-impl std::str::FromStr for Granularity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            Granularity::Step,
-            Granularity::MiniStep32,
-            Granularity::MiniStep64,
-            Granularity::Token,
-        ]
-        .into_iter()
-        .find(|g| g.as_str() == s)
-        .ok_or_else(|| {
-            format!(
-                "unknown granularity '{s}' (expected step, mini-step-32, mini-step-64 or token)"
-            )
-        })
-    }
-}
-
-impl std::fmt::Display for Granularity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -83,20 +59,12 @@ pub enum ReflectionPolicy {
     Always,
 }
 
-impl std::str::FromStr for ReflectionPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "off" => Ok(Self::Off),
-            "on_wrong" | "on-wrong" => Ok(Self::OnWrong),
-            "on_low_reward" | "on-low-reward" => Ok(Self::OnLowReward),
-            "always" => Ok(Self::Always),
-            _ => Err(format!(
-                "unknown reflection policy '{s}' (expected off, on_wrong, on_low_reward or always)"
-            )),
-        }
-    }
-}
+names!(ReflectionPolicy, "reflection policy", {
+    Off => "off",
+    OnWrong => "on_wrong",
+    OnLowReward => "on_low_reward",
+    Always => "always",
+});
 
 /// Reflection settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,19 +93,48 @@ impl Default for ReflectionConfig {
 pub enum SelectRule {
     /// The paper's rule: follow the most visited child from the root.
     MostVisited,
-    /// The terminal chain with the highest reward.
+    /// The terminal chain with the highest value (the value function's
+    /// score; with the default `confidence` value, the highest reward).
     HighestReward,
+    /// The most frequent final answer over the tree's answered chains; of its
+    /// chains, the one with the highest value.
+    MajorityVote,
 }
 
-impl std::str::FromStr for SelectRule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "most_visited" | "most-visited" => Ok(Self::MostVisited),
-            "highest_reward" | "highest-reward" => Ok(Self::HighestReward),
-            _ => Err(format!(
-                "unknown select rule '{s}' (expected most_visited or highest_reward)"
-            )),
+names!(SelectRule, "select rule", {
+    MostVisited => "most_visited",
+    HighestReward => "highest_reward",
+    MajorityVote => "majority_vote",
+});
+
+/// Which of a tree's chains ship (the rest go to the rejected shard with the reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShipPolicy {
+    /// Only the chain the selection rule picks (reason for the rest: `not-selected`).
+    Selected,
+    /// Every chain whose answer checks against the reference (`unverified` otherwise).
+    Verified,
+    /// The `ship_k` chains of highest value (`not-selected` for the rest).
+    TopK,
+    /// Every distinct chain (the filters still apply).
+    All,
+}
+
+names!(ShipPolicy, "ship policy", {
+    Selected => "selected",
+    Verified => "verified",
+    TopK => "top_k",
+    All => "all",
+});
+
+impl ShipPolicy {
+    /// The default: `verified` when the seed has a reference answer, else `selected`.
+    pub fn default_for(has_reference: bool) -> Self {
+        if has_reference {
+            ShipPolicy::Verified
+        } else {
+            ShipPolicy::Selected
         }
     }
 }
@@ -164,7 +161,10 @@ pub struct SearchConfig {
     pub answer_temperature: f32,
     /// Rollouts (generation streams) per tree.
     pub max_rollouts: u32,
-    /// Most actions in one chain between reflections (a "step cap").
+    /// Most actions in one chain between reflections (a "step cap"). 0 = auto:
+    /// 12 steps at `step` granularity; at a fixed granularity, as many actions
+    /// as `max_thought_tokens` holds (12 actions of one token would cut every
+    /// thought at 12 tokens).
     pub max_depth: u32,
     /// Most tokens sampled for one tree, answers included. Never exceeded.
     pub max_tree_tokens: u32,
@@ -180,6 +180,21 @@ pub struct SearchConfig {
     pub early_stop_min_visits: u32,
     pub reflection: ReflectionConfig,
     pub select: SelectRule,
+    /// What a terminal chain is worth: one value function or a weighted mix.
+    pub value: ValueSpec,
+    /// Which chains ship; `None`: `verified` when the seed has a reference answer, else `selected`.
+    pub ship: Option<ShipPolicy>,
+    /// Chains `ship = "top_k"` ships per seed.
+    pub ship_k: u32,
+    /// Stop a tree once it has this many distinct verified chains (0 = off):
+    /// a solved seed then leaves its budget unspent.
+    pub stop_after_verified: u32,
+    /// Trees of one batch that stop with budget left (solved: see
+    /// `stop_after_verified`) pass it on to the batch's unsolved trees, which
+    /// search on: a batch never samples more than its seeds' budgets together.
+    pub pool_unspent: bool,
+    /// The second engine of `value = "judge"`.
+    pub judge: Option<JudgeConfig>,
     /// System prompt when the seed has none; `None` uses prompts/search.toml, `""` sends none.
     pub system_prompt: Option<String>,
     /// Override of the injected texts (tags, reflection phrase); `None` = prompts/search.toml.
@@ -199,7 +214,7 @@ impl Default for SearchConfig {
             top_p: 0.9,
             answer_temperature: 0.0,
             max_rollouts: 12,
-            max_depth: 12,
+            max_depth: 0,
             max_tree_tokens: 8192,
             max_thought_tokens: 512,
             answer_max_tokens: 48,
@@ -208,6 +223,12 @@ impl Default for SearchConfig {
             early_stop_min_visits: 8,
             reflection: ReflectionConfig::default(),
             select: SelectRule::MostVisited,
+            value: ValueSpec::default(),
+            ship: None,
+            ship_k: 3,
+            stop_after_verified: 0,
+            pool_unspent: false,
+            judge: None,
             system_prompt: None,
             prompts: None,
         }
@@ -230,9 +251,6 @@ impl SearchConfig {
         }
         if self.max_rollouts == 0 {
             return bad("max_rollouts must be >= 1".into());
-        }
-        if self.max_depth == 0 {
-            return bad("max_depth must be >= 1".into());
         }
         if self.max_thought_tokens == 0 || self.answer_max_tokens == 0 {
             return bad("max_thought_tokens and answer_max_tokens must be >= 1".into());
@@ -263,7 +281,52 @@ impl SearchConfig {
         if !(0.0..=1.0).contains(&self.early_stop_share) {
             return bad("early_stop_share must be in [0, 1]".into());
         }
+        self.value.build()?;
+        if self.value.uses(super::value::ValueKind::Judge) && self.judge.is_none() {
+            return bad(
+                "value uses `judge` but no judge engine is set: add a [search.judge] table with its engine"
+                    .into(),
+            );
+        }
+        if let Some(j) = &self.judge {
+            j.validate()?;
+        }
+        if self.ship == Some(ShipPolicy::TopK) && self.ship_k == 0 {
+            return bad("ship = \"top_k\" needs ship_k >= 1".into());
+        }
+        if let (Some(len), d) = (self.granularity.fixed_len(), self.max_depth) {
+            if d > 0 && d.saturating_mul(len) < self.max_thought_tokens {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "max_depth = {d} at granularity {} caps every thought at {} tokens \
+                         (max_thought_tokens is {}); set max_depth = 0 (auto) to let \
+                         max_thought_tokens decide",
+                        self.granularity,
+                        d * len,
+                        self.max_thought_tokens
+                    )
+                });
+            }
+        }
         Ok(self)
+    }
+
+    /// The depth cap in effect (see `max_depth`).
+    pub fn effective_max_depth(&self) -> u32 {
+        if self.max_depth > 0 {
+            return self.max_depth;
+        }
+        match self.granularity.fixed_len() {
+            None => 12,
+            Some(len) => self.max_thought_tokens.div_ceil(len).max(1),
+        }
+    }
+
+    /// The ship policy for a seed with or without a reference answer.
+    pub fn ship_policy(&self, has_reference: bool) -> ShipPolicy {
+        self.ship
+            .unwrap_or_else(|| ShipPolicy::default_for(has_reference))
     }
 
     /// Prompts in effect: the override or the embedded file.

@@ -9,6 +9,12 @@
 //! entries are evicted least-recently-used when a slot or cells are needed,
 //! and a state whose sequence was evicted is rebuilt from the nearest cached
 //! ancestor (or from scratch): slower, never wrong.
+//!
+//! Failure isolation: an error that belongs to one tree (its sequence does
+//! not fit the context or the KV cache even alone, the engine refuses one of
+//! its tokens, its state machine reports an inconsistency) ends that tree as
+//! failed and frees what it holds; the other trees run on. Errors of the
+//! engine as a whole still stop the run.
 
 use std::time::Instant;
 
@@ -16,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineError, SeqId, StepRequest};
 
+use super::judge::Judge;
 use super::machine::{Ctl, StreamId, StreamStart, TreeSearch};
 use super::result::TreeResult;
 use super::tree::NodeId;
@@ -39,6 +46,13 @@ pub struct DriverConfig {
     /// unified cache, so a tree cache far larger than the running streams
     /// slows every step; this trades a little re-evaluation for that.
     pub max_cells: Option<usize>,
+    /// Raise `max_cells` by what each eviction costs: a stream start that has
+    /// to re-evaluate evicted tokens adds them to the budget (up to three
+    /// quarters of the context). A budget tuned on one model and search is
+    /// then right for another: small trees keep a small cache, large trees
+    /// (a bigger model writes longer chains) grow it until little is
+    /// re-evaluated.
+    pub grow_cells: bool,
 }
 
 impl Default for DriverConfig {
@@ -48,6 +62,7 @@ impl Default for DriverConfig {
             max_cached: None,
             max_active_trees: None,
             max_cells: None,
+            grow_cells: true,
         }
     }
 }
@@ -93,12 +108,26 @@ pub struct DriverReport {
     pub peak_cells: u64,
     /// Mean KV cells held between two steps.
     pub mean_cells: f64,
+    /// The cell budget at the end of the run (it grows while evictions cost
+    /// re-evaluation; see `DriverConfig::max_cells`).
+    #[serde(default)]
+    pub final_max_cells: Option<usize>,
 }
 
-/// Progress after each finished tree.
+/// A tree that could not finish, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeFailure {
+    pub seed_id: String,
+    /// The error, with what to do when the cause is a setting.
+    pub error: String,
+}
+
+/// Progress after each finished (or failed) tree.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
+    /// Trees finished, failed ones included.
     pub trees_done: usize,
+    pub trees_failed: usize,
     pub trees_total: usize,
     pub tokens_sampled: u64,
     pub tokens_evaluated: u64,
@@ -141,11 +170,12 @@ enum Source {
     Cached(usize),
 }
 
-struct Driver<'a> {
+struct Driver<'a, 'j> {
     engine: &'a mut dyn Engine,
+    judge: Option<&'j mut dyn Judge>,
     cfg: DriverConfig,
     trees: Vec<Option<TreeSearch>>,
-    results: Vec<Option<TreeResult>>,
+    results: Vec<Option<Result<TreeResult, TreeFailure>>>,
     acct: Vec<Acct>,
     queue: std::collections::VecDeque<usize>,
     active: Vec<usize>,
@@ -162,11 +192,27 @@ struct Driver<'a> {
     order: u64,
     report: DriverReport,
     done: usize,
+    failed: usize,
+    /// Trees that failed inside a step or a start, ended by the run loop.
+    failing: Vec<(usize, SearchError)>,
+    /// Stopped trees of `pool_unspent` searches, held until every tree has
+    /// stopped, and the budget they left unspent.
+    held: Vec<usize>,
+    pool: u64,
+    /// The cell budget in effect (`max_cells`, grown by `grow_cells`).
+    cells_budget: Option<usize>,
+    /// Trees that have held a sequence (a fresh start of another tree's
+    /// root is not a re-evaluation).
+    started: Vec<bool>,
     /// Sum of cells held after each step (for the mean).
     cells_sum: u64,
 }
 
-/// Run every tree to completion; results come back in input order.
+/// What a finished tree reports to `on_done`.
+pub type Outcome<'r> = Result<&'r TreeResult, &'r TreeFailure>;
+
+/// Run every tree to completion; results come back in input order. Any tree
+/// failure fails the run (see [`run_trees`] to keep the other trees).
 /// `on_done` is called as each tree finishes (for progress bars and streaming writes).
 pub fn run_many(
     engine: &mut dyn Engine,
@@ -174,11 +220,34 @@ pub fn run_many(
     cfg: &DriverConfig,
     on_done: &mut dyn FnMut(&TreeResult, &Progress),
 ) -> Result<(Vec<TreeResult>, DriverReport), SearchError> {
+    let (results, report) = run_trees(engine, None, trees, cfg, &mut |o, p| {
+        if let Ok(r) = o {
+            on_done(r, p)
+        }
+    })?;
+    let results = results
+        .into_iter()
+        .map(|r| r.map_err(|f| SearchError::Tree(f.seed_id, f.error)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((results, report))
+}
+
+/// Run every tree to completion, each on its own: a tree that fails ends as
+/// a [`TreeFailure`] and the others finish. `judge` scores chains for trees
+/// whose value uses `judge`. Results come back in input order.
+pub fn run_trees(
+    engine: &mut dyn Engine,
+    judge: Option<&mut dyn Judge>,
+    trees: Vec<TreeSearch>,
+    cfg: &DriverConfig,
+    on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
+) -> Result<(Vec<Result<TreeResult, TreeFailure>>, DriverReport), SearchError> {
     let n = trees.len();
     let base = engine.stats().clone();
     let t0 = Instant::now();
     let mut d = Driver {
         engine,
+        judge,
         cfg: cfg.clone(),
         trees: trees.into_iter().map(Some).collect(),
         results: (0..n).map(|_| None).collect(),
@@ -199,6 +268,12 @@ pub fn run_many(
             ..Default::default()
         },
         done: 0,
+        failed: 0,
+        failing: Vec::new(),
+        held: Vec::new(),
+        pool: 0,
+        cells_budget: cfg.max_cells,
+        started: vec![false; n],
         cells_sum: 0,
     };
     let r = d.run(&base, t0, on_done);
@@ -220,30 +295,30 @@ pub fn run_many(
     rep.sample_seconds = st.sample_seconds - base.sample_seconds;
     rep.wall_seconds = t0.elapsed().as_secs_f64();
     rep.mean_cells = d.cells_sum as f64 / rep.steps.len().max(1) as f64;
+    rep.final_max_cells = d.cells_budget;
     let results = d
         .results
         .into_iter()
         .map(|r| r.ok_or(SearchError::Internal("a tree produced no result")))
         .collect::<Result<Vec<_>, _>>()?;
-    rep.distinct_tokens = results.iter().map(|r| r.stats.distinct_tokens).sum();
-    rep.resend_tokens = results.iter().map(|r| r.stats.resend_tokens).sum();
-    rep.resend_per_action_tokens = results
-        .iter()
-        .map(|r| r.stats.resend_per_action_tokens)
-        .sum();
+    let ok = || results.iter().filter_map(|r| r.as_ref().ok());
+    rep.distinct_tokens = ok().map(|r| r.stats.distinct_tokens).sum();
+    rep.resend_tokens = ok().map(|r| r.stats.resend_tokens).sum();
+    rep.resend_per_action_tokens = ok().map(|r| r.stats.resend_per_action_tokens).sum();
     Ok((results, d.report))
 }
 
-impl Driver<'_> {
+impl Driver<'_, '_> {
     fn run(
         &mut self,
         base: &crate::engine::EngineStats,
         t0: Instant,
-        on_done: &mut dyn FnMut(&TreeResult, &Progress),
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
     ) -> Result<(), SearchError> {
         loop {
             self.poll_active(base, t0, on_done)?;
             self.materialize()?;
+            self.end_failing(base, t0, on_done)?;
             // Fill the step: activate trees until enough streams run.
             while self.running.len() < self.engine.n_parallel()
                 && self.parked.is_empty()
@@ -265,6 +340,7 @@ impl Driver<'_> {
                 self.active.push(t);
                 self.poll_active(base, t0, on_done)?;
                 self.materialize()?;
+                self.end_failing(base, t0, on_done)?;
             }
             if self.running.is_empty() {
                 if self.waiting.is_empty()
@@ -272,6 +348,12 @@ impl Driver<'_> {
                     && self.active.is_empty()
                     && self.queue.is_empty()
                 {
+                    if self.redistribute()? {
+                        continue;
+                    }
+                    for t in std::mem::take(&mut self.held) {
+                        self.finish_tree(t, base, t0, on_done)?;
+                    }
                     return Ok(());
                 }
                 if !self.parked.is_empty() {
@@ -292,6 +374,10 @@ impl Driver<'_> {
                     // Nothing runs, yet starts wait: free every cached sequence and retry once.
                     self.evict_all()?;
                     self.materialize()?;
+                    if !self.failing.is_empty() {
+                        self.end_failing(base, t0, on_done)?;
+                        continue;
+                    }
                     if self.running.is_empty() {
                         return Err(SearchError::Pool(format!(
                             "{} streams wait but no sequence can be created ({} live of n_seq_max {})",
@@ -304,7 +390,47 @@ impl Driver<'_> {
                 continue;
             }
             self.step()?;
+            self.end_failing(base, t0, on_done)?;
         }
+    }
+
+    /// Record that tree `t` failed with `e` if the error is the tree's own;
+    /// an error of the engine as a whole is returned.
+    fn tree_error(&mut self, t: usize, e: SearchError) -> Result<(), SearchError> {
+        let own = match &e {
+            SearchError::Engine(x) => matches!(
+                x,
+                EngineError::ContextFull { .. }
+                    | EngineError::KvFull(_)
+                    | EngineError::Tokenize(_)
+                    | EngineError::UnknownSequence(_)
+            ),
+            SearchError::Pool(_) => false,
+            _ => true,
+        };
+        if !own {
+            return Err(e);
+        }
+        if !self.failing.iter().any(|(f, _)| *f == t) {
+            self.failing.push((t, e));
+        }
+        Ok(())
+    }
+
+    fn is_failing(&self, t: usize) -> bool {
+        self.failing.iter().any(|(f, _)| *f == t)
+    }
+
+    fn end_failing(
+        &mut self,
+        base: &crate::engine::EngineStats,
+        t0: Instant,
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
+    ) -> Result<(), SearchError> {
+        for (t, e) in std::mem::take(&mut self.failing) {
+            self.fail_tree(t, e, base, t0, on_done)?;
+        }
+        Ok(())
     }
 
     /// Poll trees with nothing running or waiting; finish the ones that stopped.
@@ -312,7 +438,7 @@ impl Driver<'_> {
         &mut self,
         base: &crate::engine::EngineStats,
         t0: Instant,
-        on_done: &mut dyn FnMut(&TreeResult, &Progress),
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
     ) -> Result<(), SearchError> {
         let mut i = 0;
         while i < self.active.len() {
@@ -327,10 +453,27 @@ impl Driver<'_> {
             let tree = self.trees[t]
                 .as_mut()
                 .ok_or(SearchError::Internal("active tree already finished"))?;
+            let judge_wanted = tree.judge_requests();
+            if !judge_wanted.is_empty() {
+                if let Err(e) = self.judge_tree(t, &judge_wanted) {
+                    self.active.remove(i);
+                    self.fail_tree(t, e, base, t0, on_done)?;
+                    continue;
+                }
+            }
+            let Some(tree) = self.trees[t].as_mut() else {
+                return Err(SearchError::Internal("active tree already finished"));
+            };
             let starts = tree.poll();
             if starts.is_empty() && tree.is_done() {
+                let hold = tree.config().pool_unspent;
                 self.active.remove(i);
-                self.finish_tree(t, base, t0, on_done)?;
+                if hold {
+                    self.release_cache(t)?;
+                    self.held.push(t);
+                } else {
+                    self.finish_tree(t, base, t0, on_done)?;
+                }
                 continue;
             }
             for s in starts {
@@ -341,13 +484,8 @@ impl Driver<'_> {
         Ok(())
     }
 
-    fn finish_tree(
-        &mut self,
-        t: usize,
-        base: &crate::engine::EngineStats,
-        t0: Instant,
-        on_done: &mut dyn FnMut(&TreeResult, &Progress),
-    ) -> Result<(), SearchError> {
+    /// Free the cached sequences of tree `t`.
+    fn release_cache(&mut self, t: usize) -> Result<(), SearchError> {
         let mut k = 0;
         while k < self.cache.len() {
             if self.cache[k].tree == t {
@@ -357,22 +495,145 @@ impl Driver<'_> {
                 k += 1;
             }
         }
+        Ok(())
+    }
+
+    /// Every tree has stopped: pass the budget the held trees left unspent
+    /// to those that want more (in input order, equal shares), and start
+    /// them again. Depends only on the trees' states, never on batching.
+    /// Returns whether any tree was restarted.
+    fn redistribute(&mut self) -> Result<bool, SearchError> {
+        if self.held.is_empty() {
+            return Ok(false);
+        }
+        self.held.sort_unstable();
+        let mut wanting = Vec::new();
+        for &t in &self.held {
+            let tree = self.trees[t]
+                .as_mut()
+                .ok_or(SearchError::Internal("held tree already finished"))?;
+            self.pool += tree.give_back() as u64;
+            if tree.wants_more() {
+                wanting.push(t);
+            }
+        }
+        if wanting.is_empty() {
+            return Ok(false);
+        }
+        let share = self.pool / wanting.len() as u64;
+        let mut restarted = false;
+        for t in wanting {
+            let tree = self.trees[t]
+                .as_mut()
+                .ok_or(SearchError::Internal("held tree already finished"))?;
+            let need = tree.rollout_need() as u64;
+            if share < need {
+                continue;
+            }
+            let rollouts = (share / need).max(1) as u32;
+            tree.extend(share as u32, rollouts);
+            self.pool -= share;
+            self.held.retain(|&h| h != t);
+            self.queue.push_back(t);
+            restarted = true;
+        }
+        Ok(restarted)
+    }
+
+    fn finish_tree(
+        &mut self,
+        t: usize,
+        base: &crate::engine::EngineStats,
+        t0: Instant,
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
+    ) -> Result<(), SearchError> {
+        self.release_cache(t)?;
         let tree = self.trees[t]
             .take()
             .ok_or(SearchError::Internal("tree finished twice"))?;
         let a = self.acct[t];
         let res = tree.finish(a.evaluated, a.resend);
         self.done += 1;
+        let p = self.progress(base, t0);
+        on_done(Ok(&res), &p);
+        self.results[t] = Some(Ok(res));
+        Ok(())
+    }
+
+    fn progress(&self, base: &crate::engine::EngineStats, t0: Instant) -> Progress {
         let st = self.engine.stats();
-        let p = Progress {
+        Progress {
             trees_done: self.done,
+            trees_failed: self.failed,
             trees_total: self.trees.len(),
             tokens_sampled: st.tokens_sampled - base.tokens_sampled,
             tokens_evaluated: st.tokens_evaluated - base.tokens_evaluated,
             elapsed_seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Score one tree's chains with the judge and hand the scores back.
+    fn judge_tree(
+        &mut self,
+        t: usize,
+        reqs: &[super::judge::JudgeRequest],
+    ) -> Result<(), SearchError> {
+        let judge = self.judge.as_deref_mut().ok_or_else(|| {
+            SearchError::Config(
+                "the value uses `judge` but this run has no judge engine ([search.judge])".into(),
+            )
+        })?;
+        let scores = judge.judge(reqs)?;
+        let tree = self.trees[t]
+            .as_mut()
+            .ok_or(SearchError::Internal("judged tree already finished"))?;
+        for (r, s) in reqs.iter().zip(scores) {
+            tree.on_judge(r.node, s)?;
+        }
+        Ok(())
+    }
+
+    /// End tree `t` as failed: free everything it holds, record why. The
+    /// caller has removed it from `active` (or it never was).
+    fn fail_tree(
+        &mut self,
+        t: usize,
+        err: SearchError,
+        base: &crate::engine::EngineStats,
+        t0: Instant,
+        on_done: &mut dyn FnMut(Outcome<'_>, &Progress),
+    ) -> Result<(), SearchError> {
+        self.active.retain(|&a| a != t);
+        self.held.retain(|&h| h != t);
+        self.waiting.retain(|(w, _)| *w != t);
+        self.parked.retain(|p| p.tree != t);
+        for r in std::mem::take(&mut self.running) {
+            if r.tree == t {
+                self.engine.release(r.seq)?;
+            } else {
+                self.running.push(r);
+            }
+        }
+        for c in std::mem::take(&mut self.cache) {
+            if c.tree == t {
+                self.engine.release(c.seq)?;
+            } else {
+                self.cache.push(c);
+            }
+        }
+        let Some(tree) = self.trees[t].take() else {
+            return Err(SearchError::Internal("tree failed after it finished"));
         };
-        on_done(&res, &p);
-        self.results[t] = Some(res);
+        tracing::warn!(seed = tree.seed_id(), "search tree failed: {err}");
+        let f = TreeFailure {
+            seed_id: tree.seed_id().to_string(),
+            error: err.to_string(),
+        };
+        self.done += 1;
+        self.failed += 1;
+        let p = self.progress(base, t0);
+        on_done(Err(&f), &p);
+        self.results[t] = Some(Err(f));
         Ok(())
     }
 
@@ -496,8 +757,13 @@ impl Driver<'_> {
         self.unpark()?;
         let waiting = std::mem::take(&mut self.waiting);
         for (t, start) in waiting {
-            if !self.try_start(t, &start)? {
-                self.waiting.push((t, start));
+            if self.is_failing(t) {
+                continue;
+            }
+            match self.try_start(t, &start) {
+                Ok(true) => {}
+                Ok(false) => self.waiting.push((t, start)),
+                Err(e) => self.tree_error(t, e)?,
             }
         }
         Ok(())
@@ -531,7 +797,10 @@ impl Driver<'_> {
             None => {
                 self.report.fresh_sequences += 1;
                 let seq = self.engine.new_sequence()?;
-                self.engine.append(seq, &start.tokens)?;
+                if let Err(e) = self.engine.append(seq, &start.tokens) {
+                    self.engine.release(seq)?;
+                    return Err(e.into());
+                }
                 seq
             }
             Some((src, len)) => {
@@ -551,19 +820,34 @@ impl Driver<'_> {
                     self.report.forks += 1;
                     self.engine.fork(src_seq)?
                 };
-                self.engine.truncate(seq, len)?;
-                self.engine
-                    .append(seq, start.tokens.get(len..).unwrap_or(&[]))?;
+                let extended = self.engine.truncate(seq, len).and_then(|_| {
+                    self.engine
+                        .append(seq, start.tokens.get(len..).unwrap_or(&[]))
+                });
+                if let Err(e) = extended {
+                    self.engine.release(seq)?;
+                    return Err(e.into());
+                }
                 seq
             }
         };
         if self.engine.tokens(seq)? != start.tokens.as_slice() {
+            self.engine.release(seq)?;
             return Err(SearchError::Internal(
                 "a stream's sequence does not hold its start state",
             ));
         }
         // What a cache-less search would evaluate on top of what we will.
         let cached = self.engine.cached_len(seq)?;
+        // Tokens of this start that were evaluated before and evicted since.
+        let reeval = start.tokens.len().saturating_sub(cached + 1);
+        if self.started[t] && reeval > 0 && self.cfg.grow_cells {
+            let cap = self.engine.n_ctx() * 3 / 4;
+            if let Some(b) = self.cells_budget.as_mut() {
+                *b = (*b + reeval).min(cap.max(*b));
+            }
+        }
+        self.started[t] = true;
         let saved = if cached == start.tokens.len() {
             cached.saturating_sub(1)
         } else {
@@ -615,14 +899,21 @@ impl Driver<'_> {
         }
         let mut reqs = Vec::with_capacity(picked.len());
         for &i in &picked {
-            let r = &self.running[i];
-            let tree = self.trees[r.tree]
+            let (t, stream, seq) = (
+                self.running[i].tree,
+                self.running[i].stream,
+                self.running[i].seq,
+            );
+            let tree = self.trees[t]
                 .as_ref()
                 .ok_or(SearchError::Internal("running stream of a finished tree"))?;
-            reqs.push(StepRequest {
-                seq: r.seq,
-                sampling: tree.sampling(r.stream)?,
-            });
+            match tree.sampling(stream) {
+                Ok(sampling) => reqs.push(StepRequest { seq, sampling }),
+                Err(e) => {
+                    self.tree_error(t, e)?;
+                    return Ok(());
+                }
+            }
         }
         let calls_before = self.engine.stats().decode_calls;
         let outs = loop {
@@ -651,9 +942,23 @@ impl Driver<'_> {
                     // Nothing cached is left to drop: swap out the newest tree's
                     // stream and let the others finish first.
                     if self.running.len() <= 1 {
-                        return Err(SearchError::Engine(EngineError::KvFull(msg)));
+                        // One stream alone does not fit: that tree cannot run here.
+                        let t = self.running[0].tree;
+                        let e = EngineError::KvFull(format!(
+                            "{msg}; one stream of this seed alone needs more KV cells than n_ctx: \
+                             raise [engine] n_ctx or lower the search's token budgets"
+                        ));
+                        self.tree_error(t, e.into())?;
+                        return Ok(());
                     }
                     self.park_newest()?;
+                    return Ok(());
+                }
+                Err(EngineError::ContextFull { seq, pos, n_ctx }) => {
+                    let Some(r) = self.running.iter().find(|r| r.seq == seq) else {
+                        return Err(EngineError::ContextFull { seq, pos, n_ctx }.into());
+                    };
+                    self.tree_error(r.tree, EngineError::ContextFull { seq, pos, n_ctx }.into())?;
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
@@ -672,17 +977,33 @@ impl Driver<'_> {
                 r.last_step = self.tick;
                 (r.tree, r.stream, r.seq)
             };
+            if self.is_failing(t) {
+                continue;
+            }
             let tree = self.trees[t]
                 .as_mut()
                 .ok_or(SearchError::Internal("running stream of a finished tree"))?;
-            match tree.on_token(stream, &outs[k])? {
+            let ctl = match tree.on_token(stream, &outs[k]) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.tree_error(t, e)?;
+                    continue;
+                }
+            };
+            match ctl {
                 Ctl::Continue => {}
                 Ctl::Edit {
                     truncate_to,
                     append,
                 } => {
-                    self.engine.truncate(seq, truncate_to)?;
-                    self.engine.append(seq, &append)?;
+                    let edited = self
+                        .engine
+                        .truncate(seq, truncate_to)
+                        .and_then(|_| self.engine.append(seq, &append));
+                    if let Err(e) = edited {
+                        self.tree_error(t, e.into())?;
+                        continue;
+                    }
                 }
                 Ctl::Finish { covers } => {
                     finished.push(i);
@@ -701,11 +1022,13 @@ impl Driver<'_> {
                     continue;
                 }
             }
-            let expect = tree.expected_len(stream)?;
-            if self.engine.tokens(seq)?.len() != expect {
-                return Err(SearchError::Internal(
-                    "a stream's sequence length disagrees with its tree",
-                ));
+            let expect = self.trees[t].as_ref().map(|tree| tree.expected_len(stream));
+            let ok = matches!(expect, Some(Ok(n)) if self.engine.tokens(seq)?.len() == n);
+            if !ok {
+                self.tree_error(
+                    t,
+                    SearchError::Internal("a stream's sequence length disagrees with its tree"),
+                )?;
             }
         }
         finished.sort_unstable();
@@ -717,7 +1040,7 @@ impl Driver<'_> {
                 self.evict_lru(None)?;
             }
         }
-        if let Some(m) = self.cfg.max_cells {
+        if let Some(m) = self.cells_budget {
             while self.engine.cells_used() > m && self.evict_lru(None)? {}
         }
         let cells = self.engine.cells_used() as u64;

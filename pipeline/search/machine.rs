@@ -10,18 +10,29 @@
 //! of a rollout becomes a node, so later expansions start from it. Values are
 //! backed up only when all streams of the iteration are done, in stream
 //! order, so the tree does not depend on how the driver interleaves streams.
+//! One stream is one rollout and one backup, whatever it reflected: the value
+//! of its last chain goes up the whole path once.
+//!
+//! Text is kept as bytes per action and decoded only once joined, so a
+//! character split between two actions survives; an action is not closed
+//! while its end could be the start of an answer marker, so a marker the
+//! model writes across what would be two actions is still found.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::engine::sampling::derive_seed;
 use crate::engine::{ChatMessage, Engine, SamplingParams, Token, TokenOut};
 use crate::record::Seed;
+use crate::stages::answer::answer_key;
 
 use super::config::{ReflectionPolicy, SearchConfig, SelectRule};
+use super::judge::JudgeRequest;
 use super::result::{
     ChainResult, NodeExport, Picks, StopReason, TreeExport, TreeResult, TreeStats,
 };
 use super::tree::{Answer, NodeId, TerminalCause, Tree};
+use super::value::{ChainView, Value, ValueFunction, Votes};
 use super::verify::Verifier;
 use super::SearchError;
 
@@ -81,6 +92,8 @@ struct Stream {
     /// Tokens this stream may sample (thought and answers).
     allot: u32,
     used: u32,
+    /// `used` when the current attempt (the first, or the last reflection) began.
+    attempt_start: u32,
     /// Length of the engine sequence as the tree believes it.
     seq_len: usize,
     /// Node whose answer is being written.
@@ -113,6 +126,9 @@ pub struct TreeSearch {
     system: Option<String>,
     reference: Option<String>,
     verifier: Arc<Verifier>,
+    value: Value,
+    /// Positions one sequence may reach (the engine's context).
+    n_ctx: usize,
     tree: Tree,
     inj: Injected,
     tree_seed: u64,
@@ -126,6 +142,14 @@ pub struct TreeSearch {
     discarded: u64,
     exhausted: Vec<bool>,
     stop: Option<StopReason>,
+    /// Streams finished so far and the tokens they sampled (the budget
+    /// reservation's estimate of what a rollout needs).
+    finished_streams: u32,
+    finished_stream_tokens: u64,
+    /// Answered terminals whose judge score has not been asked for yet...
+    judge_pending: Vec<NodeId>,
+    /// ...and how many were asked for and not answered.
+    judge_waiting: usize,
 }
 
 /// Index of the first action token that touches an answer marker, if the
@@ -139,8 +163,21 @@ fn marker_cut(bytes: &[u8], ends: &[usize], markers: &[String]) -> Option<usize>
     ends.iter().position(|&e| e > start)
 }
 
+/// Whether `bytes` ends with a proper prefix of a marker (the action may be
+/// the first half of one and must not be closed yet).
+fn ends_with_marker_prefix(bytes: &[u8], markers: &[String]) -> bool {
+    markers.iter().any(|m| {
+        let m = m.as_bytes();
+        (1..m.len()).any(|k| bytes.ends_with(&m[..k]))
+    })
+}
+
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn c_answer(cfg: &SearchConfig) -> usize {
+    cfg.answer_max_tokens as usize
 }
 
 fn mean(xs: impl Iterator<Item = f32>) -> f64 {
@@ -178,12 +215,15 @@ impl TreeSearch {
         }
         msgs.push(ChatMessage::new("user", seed.prompt.clone()));
         let text = engine.apply_chat_template(&msgs)? + &prompts.thought_open;
-        let tokens = engine.tokenize(&text, true)?;
+        // Seed text is tokenized plain: control-token strings in it cannot open turns.
+        let mut tokens = engine.chat_tokens(&msgs)?;
+        tokens.extend(engine.tokenize(&prompts.thought_open, false)?);
         if tokens.is_empty() {
             return Err(SearchError::Config(
                 "the prompt tokenizes to nothing".into(),
             ));
         }
+        let value = cfg.value.build()?;
         let glued_text = format!(
             "{}{}{}",
             prompts.reflection_before, prompts.reflection, prompts.reflection_after
@@ -206,12 +246,26 @@ impl TreeSearch {
         let mut h = [0u8; 8];
         h.copy_from_slice(&id_hash.as_bytes()[..8]);
         let tree_seed = derive_seed(cfg.seed, u64::from_le_bytes(h));
+        // One chain must fit one sequence: prompt, a thought token, the close
+        // tag and a whole answer.
+        let need = tokens.len() + 1 + inj.close.len() + cfg.answer_max_tokens as usize;
+        if need > engine.n_ctx() {
+            return Err(SearchError::DoesNotFit(format!(
+                "the prompt is {} tokens; with the close tag and answer_max_tokens = {} one chain \
+                 needs {need} positions, more than n_ctx = {}: shorten the prompt or raise [engine] n_ctx",
+                tokens.len(),
+                cfg.answer_max_tokens,
+                engine.n_ctx()
+            )));
+        }
         Ok(Self {
             seed_id: seed.id.clone(),
             prompt: seed.prompt.clone(),
             system,
             reference: seed.reference_answer.clone(),
             verifier,
+            value,
+            n_ctx: engine.n_ctx(),
             tree: Tree::new(tokens, text),
             inj,
             tree_seed,
@@ -223,6 +277,10 @@ impl TreeSearch {
             discarded: 0,
             exhausted: vec![false],
             stop: None,
+            finished_streams: 0,
+            finished_stream_tokens: 0,
+            judge_pending: Vec::new(),
+            judge_waiting: 0,
             cfg,
         })
     }
@@ -250,6 +308,53 @@ impl TreeSearch {
     pub fn is_done(&self) -> bool {
         self.stop.is_some()
     }
+
+    /// Tokens of the budget this tree has not sampled.
+    pub fn unspent(&self) -> u32 {
+        self.cfg.max_tree_tokens.saturating_sub(self.used)
+    }
+
+    /// Whether the tree has what `stop_after_verified` asks for.
+    pub fn solved(&self) -> bool {
+        let want = self.cfg.stop_after_verified;
+        want > 0 && self.distinct_verified_chains() >= want as usize
+    }
+
+    /// A stopped tree that more budget could help: not solved, and stopped
+    /// by its token budget or rollout count (not because nothing is left).
+    pub fn wants_more(&self) -> bool {
+        !self.solved()
+            && matches!(
+                self.stop,
+                Some(StopReason::TokenBudget) | Some(StopReason::Rollouts)
+            )
+    }
+
+    /// What one rollout of this tree costs on average so far (tokens).
+    pub fn rollout_need(&self) -> u32 {
+        let c = &self.cfg;
+        match self.finished_streams {
+            0 => c.max_thought_tokens / 2 + c.answer_max_tokens,
+            k => (self.finished_stream_tokens / k as u64) as u32,
+        }
+        .max(c.answer_max_tokens + 1)
+    }
+
+    /// Hand the budget this tree has not spent back: its budget becomes what
+    /// it used. Returns the tokens given back.
+    pub fn give_back(&mut self) -> u32 {
+        let u = self.unspent();
+        self.cfg.max_tree_tokens = self.used;
+        u
+    }
+
+    /// Search on from where the tree stopped with `tokens` more budget and
+    /// `rollouts` more rollouts (the batch's unspent budget, `pool_unspent`).
+    pub fn extend(&mut self, tokens: u32, rollouts: u32) {
+        self.cfg.max_tree_tokens += tokens;
+        self.cfg.max_rollouts += rollouts;
+        self.stop = None;
+    }
     /// Length of the close tag the pipeline appends at a terminal state.
     pub fn close_tag_len(&self) -> usize {
         self.inj.close.len()
@@ -263,8 +368,10 @@ impl TreeSearch {
         let n = self.tree.node(id);
         n.terminal.is_none()
             && n.children.len() < self.k()
-            && n.seg_depth < self.cfg.max_depth
+            && n.seg_depth < self.cfg.effective_max_depth()
             && n.seg_tokens < self.cfg.max_thought_tokens
+            // Room for one more thought token, the close tag and an answer.
+            && (n.path_len as usize) + 1 + self.inj.close.len() + c_answer(&self.cfg) <= self.n_ctx
     }
 
     fn recompute_exhausted(&mut self) {
@@ -338,6 +445,9 @@ impl TreeSearch {
         if c.early_stop_chains > 0 && self.distinct_chains() >= c.early_stop_chains as usize {
             return Some(StopReason::EnoughChains);
         }
+        if self.solved() {
+            return Some(StopReason::EnoughVerified);
+        }
         let root = self.tree.node(NodeId::ROOT);
         if c.early_stop_share > 0.0 && root.n >= c.early_stop_min_visits.max(1) {
             let best = root
@@ -360,7 +470,7 @@ impl TreeSearch {
             return Vec::new();
         }
         if !self.streams.is_empty() {
-            if self.streams.iter().any(|s| !s.done) {
+            if self.streams.iter().any(|s| !s.done) || self.awaiting_judge() {
                 return Vec::new();
             }
             self.complete_iteration();
@@ -384,9 +494,22 @@ impl TreeSearch {
             self.stop = Some(StopReason::TokenBudget);
             return Vec::new();
         }
+        // Reserve the budget for the rollouts still to come: each stream gets
+        // the same share of what is left as every rollout that can still be
+        // funded (what a stream does not use returns to the pool), so early
+        // streams cannot spend the budget of later ones on long reflections.
+        // A rollout is assumed to need what finished streams used on average
+        // (before any finished: half the thought cap and an answer).
+        let need = self.rollout_need();
+        let c = &self.cfg;
+        let fundable = (remaining / need).max(n);
+        let rollouts_left = (c.max_rollouts - self.rollouts).min(fundable);
         let per_chain = c.max_thought_tokens + c.answer_max_tokens;
         let cap = per_chain.saturating_mul(c.reflection.max_per_chain + 1);
-        let allot = (remaining / n).min(cap).max(min_allot);
+        let allot = (remaining / rollouts_left)
+            .min(remaining / n)
+            .min(cap)
+            .max(min_allot);
         let base_seed = self.node_seed(x);
         let first_slot = node.children.len() as u64;
         let path: Vec<(NodeId, usize)> = self
@@ -396,8 +519,6 @@ impl TreeSearch {
             .map(|id| (id, self.tree.node(id).path_len as usize))
             .collect();
         let tokens = self.tree.path_tokens(x);
-        self.stream_base += self.streams.len() as u32;
-        self.streams.clear();
         self.iterations += 1;
         let mut out = Vec::with_capacity(n as usize);
         for j in 0..n as u64 {
@@ -417,6 +538,7 @@ impl TreeSearch {
                 ans_bytes: Vec::new(),
                 allot,
                 used: 0,
+                attempt_start: 0,
                 seq_len: tokens.len(),
                 terminal: None,
                 ended: Vec::new(),
@@ -495,11 +617,11 @@ impl TreeSearch {
         }
         let tokens = std::mem::take(&mut s.act_tokens);
         let conf = std::mem::take(&mut s.act_conf);
-        let text = lossy(&std::mem::take(&mut s.act_bytes));
+        let bytes = std::mem::take(&mut s.act_bytes);
         s.act_ends.clear();
         let parent = s.cur;
         let key = self.next_key(i);
-        let id = self.tree.add_child(parent, tokens, conf, text, false, key);
+        let id = self.tree.add_child(parent, tokens, conf, bytes, false, key);
         self.streams[i].cur = id;
     }
 
@@ -512,7 +634,7 @@ impl TreeSearch {
             let key = self.next_key(i);
             let id = self
                 .tree
-                .add_child(start, Vec::new(), Vec::new(), String::new(), false, key);
+                .add_child(start, Vec::new(), Vec::new(), Vec::new(), false, key);
             self.streams[i].cur = id;
             id
         } else {
@@ -588,13 +710,19 @@ impl TreeSearch {
         s.ans_bytes.clear();
         let reward = self.chain_reward(t, &conf);
         let verified = self.reference.as_ref().map(|r| (self.verifier)(&text, r));
+        let key = answer_key(&text);
         self.tree.node_mut(t).answer = Some(Answer {
             text,
             tokens,
             confidences: conf,
             reward,
             verified,
+            key,
+            judge: None,
         });
+        if self.value.needs_judge() {
+            self.judge_pending.push(t);
+        }
         self.streams[i].ended.push(t);
         let r = &self.cfg.reflection;
         let wants = match r.policy {
@@ -604,8 +732,24 @@ impl TreeSearch {
             ReflectionPolicy::Always => true,
         };
         let s = &self.streams[i];
-        let funded = s.used + 1 + self.cfg.answer_max_tokens <= s.allot;
-        if wants && funded && self.tree.node(t).reflections < r.max_per_chain {
+        // A reflection is worth starting only with room for another attempt
+        // as long as the one that just ended (and at least a thought of an
+        // answer's length and the answer), in the allotment and the context:
+        // a reflection cut by the budget would be answered half-written.
+        let answer = self.cfg.answer_max_tokens;
+        let attempt = (s.used - s.attempt_start).max(2 * (answer + 1));
+        let funded = s.used + attempt <= s.allot;
+        let refl_len = self
+            .inj
+            .reflection_glued
+            .len()
+            .max(self.inj.reflection_plain.len());
+        let fits = self.tree.node(t).path_len as usize
+            + refl_len
+            + 2 * (answer as usize + 1)
+            + self.inj.close.len()
+            <= self.n_ctx;
+        if wants && funded && fits && self.tree.node(t).reflections < r.max_per_chain {
             let (toks, text) = if self.thought_ends_with_newline(t) {
                 (
                     self.inj.reflection_plain.clone(),
@@ -619,13 +763,14 @@ impl TreeSearch {
             };
             let len = self.tree.node(t).path_len as usize;
             let key = self.next_key(i);
-            let rid = self
-                .tree
-                .add_child(t, toks.clone(), Vec::new(), text, true, key);
+            let rid =
+                self.tree
+                    .add_child(t, toks.clone(), Vec::new(), text.into_bytes(), true, key);
             let s = &mut self.streams[i];
             s.cur = rid;
             s.phase = Phase::Thought;
             s.terminal = None;
+            s.attempt_start = s.used;
             s.seq_len = len + toks.len();
             return Ok(Ctl::Edit {
                 truncate_to: len,
@@ -634,6 +779,8 @@ impl TreeSearch {
         }
         let s = &mut self.streams[i];
         s.done = true;
+        self.finished_streams += 1;
+        self.finished_stream_tokens += s.used as u64;
         let covers = self
             .tree
             .path(t)
@@ -665,6 +812,8 @@ impl TreeSearch {
                 s.act_conf.push(out.confidence);
                 s.act_bytes.extend_from_slice(&out.piece);
                 s.act_ends.push(s.act_bytes.len());
+                // An action is never closed while it could end in the first
+                // part of a marker, so a marker always lies in one action.
                 if let Some(cut) = marker_cut(&s.act_bytes, &s.act_ends, &self.inj.markers) {
                     // The model wrote the answer marker itself: the thought ends
                     // before it, and the pipeline writes the tags.
@@ -677,15 +826,22 @@ impl TreeSearch {
                     s.act_ends.truncate(cut);
                     return Ok(self.end_thought(i, TerminalCause::AnswerMarker));
                 }
-                if self.is_boundary(&self.streams[i]) {
+                let held = ends_with_marker_prefix(&self.streams[i].act_bytes, &self.inj.markers);
+                if !held && self.is_boundary(&self.streams[i]) {
                     self.seal(i);
-                    if self.tree.node(self.streams[i].cur).seg_depth >= self.cfg.max_depth {
+                    let depth = self.tree.node(self.streams[i].cur).seg_depth;
+                    if depth >= self.cfg.effective_max_depth() {
                         return Ok(self.end_thought(i, TerminalCause::DepthCap));
                     }
                 }
                 let s = &self.streams[i];
                 let seg_tokens = self.tree.node(s.cur).seg_tokens + s.act_tokens.len() as u32;
-                if seg_tokens >= self.cfg.max_thought_tokens || s.used + 1 + answer_max > s.allot {
+                let out_of_ctx =
+                    s.seq_len + 1 + self.inj.close.len() + answer_max as usize > self.n_ctx;
+                if seg_tokens >= self.cfg.max_thought_tokens
+                    || s.used + 1 + answer_max > s.allot
+                    || out_of_ctx
+                {
                     return Ok(self.end_thought(i, TerminalCause::TokenBudget));
                 }
                 Ok(Ctl::Continue)
@@ -708,33 +864,131 @@ impl TreeSearch {
         }
     }
 
+    /// Back up each stream once: the value of the chain it ended with (a
+    /// reflected stream's earlier answers are chains too, but not rollouts).
     fn complete_iteration(&mut self) {
-        let segments: Vec<(NodeId, NodeId)> = self
+        let rollouts: Vec<(NodeId, NodeId)> = self
             .streams
             .iter()
-            .flat_map(|s| s.ended.iter().map(move |&t| (s.start, t)))
+            .filter_map(|s| s.ended.last().map(|&t| (s.start, t)))
             .collect();
-        for (start, t) in segments {
-            let v = self.rollout_value(start, t);
+        let votes = self.votes();
+        for (start, t) in rollouts {
+            let confidence = self.rollout_value(start, t);
+            let v = self.value_of(t, confidence, &votes);
             self.tree.backprop(t, v);
         }
+        // The iteration is over: its stream ids are never reused.
+        self.stream_base += self.streams.len() as u32;
+        self.streams.clear();
         self.tree.sort_children();
         self.recompute_exhausted();
     }
 
-    /// Reasoning text of the chain ending at `t` (prompt excluded, trimmed).
-    pub fn reasoning(&self, t: NodeId) -> String {
-        let mut s = String::new();
-        for id in self.tree.path(t).into_iter().skip(1) {
-            s.push_str(&self.tree.node(id).text);
+    /// Final-answer votes of every answered terminal so far.
+    fn votes(&self) -> Votes {
+        let mut v = Votes::default();
+        for n in &self.tree.nodes {
+            if let Some(a) = &n.answer {
+                v.add(a.key.as_deref());
+            }
         }
-        s.trim().to_string()
+        v
+    }
+
+    /// The value function's score of the chain ending at `t`.
+    fn value_of(&self, t: NodeId, confidence: f64, votes: &Votes) -> f64 {
+        let Some(a) = &self.tree.node(t).answer else {
+            return 0.0;
+        };
+        self.value.value(
+            &ChainView {
+                confidence,
+                verified: a.verified,
+                key: a.key.as_deref(),
+                judge: a.judge,
+            },
+            votes,
+        )
+    }
+
+    /// The final value of every answered terminal (whole-chain confidence,
+    /// the tree's final votes).
+    fn final_values(&self) -> BTreeMap<NodeId, f64> {
+        let votes = self.votes();
+        self.tree
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let a = n.answer.as_ref()?;
+                Some((n.id, self.value_of(n.id, a.reward, &votes)))
+            })
+            .collect()
+    }
+
+    fn awaiting_judge(&self) -> bool {
+        !self.judge_pending.is_empty() || self.judge_waiting > 0
+    }
+
+    /// Chains waiting for a judge score (value `judge`); each is handed out once.
+    pub fn judge_requests(&mut self) -> Vec<JudgeRequest> {
+        let pending = std::mem::take(&mut self.judge_pending);
+        self.judge_waiting += pending.len();
+        pending
+            .into_iter()
+            .map(|t| JudgeRequest {
+                node: t,
+                question: self.prompt.clone(),
+                reasoning: self.reasoning(t),
+                answer: self
+                    .tree
+                    .node(t)
+                    .answer
+                    .as_ref()
+                    .map(|a| a.text.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The judge's score of a chain handed out by [`TreeSearch::judge_requests`].
+    pub fn on_judge(&mut self, node: NodeId, score: f64) -> Result<(), SearchError> {
+        let a = self
+            .tree
+            .nodes
+            .get_mut(node.idx())
+            .and_then(|n| n.answer.as_mut())
+            .filter(|a| a.judge.is_none())
+            .ok_or(SearchError::Internal(
+                "a judge score for an unknown or judged chain",
+            ))?;
+        a.judge = Some(score.clamp(0.0, 1.0));
+        self.judge_waiting = self.judge_waiting.saturating_sub(1);
+        Ok(())
+    }
+
+    /// Reasoning text of the chain ending at `t` (prompt excluded, trimmed):
+    /// the actions' bytes joined, then decoded.
+    pub fn reasoning(&self, t: NodeId) -> String {
+        let mut b = Vec::new();
+        for id in self.tree.path(t).into_iter().skip(1) {
+            b.extend_from_slice(&self.tree.node(id).bytes);
+        }
+        lossy(&b).trim().to_string()
     }
 
     fn distinct_chains(&self) -> usize {
+        self.distinct_chains_where(|_| true)
+    }
+
+    fn distinct_verified_chains(&self) -> usize {
+        self.distinct_chains_where(|a| a.verified == Some(true))
+    }
+
+    fn distinct_chains_where(&self, keep: impl Fn(&Answer) -> bool) -> usize {
         let mut seen = std::collections::BTreeSet::new();
         for n in &self.tree.nodes {
-            if let Some(a) = &n.answer {
+            if let Some(a) = n.answer.as_ref().filter(|a| keep(a)) {
                 seen.insert((self.reasoning(n.id), a.text.clone()));
             }
         }
@@ -749,18 +1003,65 @@ impl TreeSearch {
     /// The terminal node a rule picks (the tree is the same under every rule;
     /// only the pick differs, so studies compare rules on one search).
     pub fn selected_by(&self, rule: SelectRule) -> Option<NodeId> {
+        self.select_with(rule, &self.final_values())
+    }
+
+    fn select_with(&self, rule: SelectRule, values: &BTreeMap<NodeId, f64>) -> Option<NodeId> {
+        let value = |id: NodeId| values.get(&id).copied().unwrap_or(0.0);
+        // Answered terminals in creation order: ties go to the earliest.
+        let answered = || {
+            self.tree
+                .canonical_order()
+                .into_iter()
+                .filter(|&id| self.tree.node(id).answer.is_some())
+        };
+        let best_by = |ids: &mut dyn Iterator<Item = NodeId>| {
+            let mut best: Option<(f64, NodeId)> = None;
+            for id in ids {
+                if best.is_none_or(|(v, _)| value(id) > v) {
+                    best = Some((value(id), id));
+                }
+            }
+            best.map(|b| b.1)
+        };
         match rule {
-            SelectRule::HighestReward => {
-                let mut best: Option<(f64, NodeId)> = None;
-                for id in self.tree.canonical_order() {
-                    let n = self.tree.node(id);
-                    if let Some(a) = &n.answer {
-                        if best.is_none_or(|(r, _)| a.reward > r) {
-                            best = Some((a.reward, n.id));
-                        }
+            SelectRule::HighestReward => best_by(&mut answered()),
+            SelectRule::MajorityVote => {
+                let votes = self.votes();
+                let key = |id: NodeId| {
+                    self.tree
+                        .node(id)
+                        .answer
+                        .as_ref()
+                        .and_then(|a| a.key.clone())
+                };
+                // The answer with the most votes; ties by its chains' summed value.
+                let mut groups: BTreeMap<String, (u32, f64, usize)> = BTreeMap::new();
+                for (rank, id) in answered().enumerate() {
+                    if let Some(k) = key(id) {
+                        let g =
+                            groups
+                                .entry(k.clone())
+                                .or_insert((votes.count(Some(&k)), 0.0, rank));
+                        g.1 += value(id);
                     }
                 }
-                best.map(|b| b.1)
+                let winner = groups
+                    .iter()
+                    .max_by(|a, b| {
+                        (a.1 .0, a.1 .1)
+                            .partial_cmp(&(b.1 .0, b.1 .1))
+                            .unwrap_or(std::cmp::Ordering::Equal)
+                            .then(b.1 .2.cmp(&a.1 .2))
+                    })
+                    .map(|(k, _)| k.clone());
+                match winner {
+                    Some(w) => {
+                        best_by(&mut answered().filter(|&id| key(id).as_deref() == Some(&w)))
+                    }
+                    // No answer has a key: the highest value.
+                    None => best_by(&mut answered()),
+                }
             }
             SelectRule::MostVisited => {
                 let mut cur = NodeId::ROOT;
@@ -786,12 +1087,16 @@ impl TreeSearch {
     /// Finish: all distinct terminal chains, the pick, the tree export.
     /// `engine_tokens` and `resend_tokens` come from the driver's accounting.
     pub fn finish(self, engine_tokens: u64, resend_tokens: u64) -> TreeResult {
-        let visited_node = self.selected_by(SelectRule::MostVisited);
-        let reward_node = self.selected_by(SelectRule::HighestReward);
-        let selected_node = match self.cfg.select {
-            SelectRule::MostVisited => visited_node,
-            SelectRule::HighestReward => reward_node,
-        };
+        let values = self.final_values();
+        let votes = self.votes();
+        let pick_nodes: Vec<(SelectRule, Option<NodeId>)> = SelectRule::ALL
+            .into_iter()
+            .map(|r| (r, self.select_with(r, &values)))
+            .collect();
+        let selected_node = pick_nodes
+            .iter()
+            .find(|(r, _)| *r == self.cfg.select)
+            .and_then(|p| p.1);
         // Export ids follow creation keys, so they do not depend on how the
         // driver interleaved the streams.
         let order = self.tree.canonical_order();
@@ -835,16 +1140,19 @@ impl TreeSearch {
                         verified: a.verified,
                         terminal: n.terminal,
                         visits: n.n,
+                        value: values.get(&n.id).copied().unwrap_or(0.0),
+                        agreement: votes.share(a.key.as_deref()),
+                        answer_key: a.key.clone(),
+                        judge: a.judge,
                     });
                     seen.insert(key, chains.len() - 1);
                     chains.len() - 1
                 }
             };
-            if Some(n.id) == visited_node {
-                picks.most_visited = Some(idx);
-            }
-            if Some(n.id) == reward_node {
-                picks.highest_reward = Some(idx);
+            for &(rule, node) in &pick_nodes {
+                if node == Some(n.id) {
+                    picks.set(rule, idx);
+                }
             }
         }
         let best_path = selected_node

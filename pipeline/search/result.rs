@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Token;
 use crate::record::{Chain, Recipe, Seed};
 
-use super::config::SearchConfig;
+use super::config::{SearchConfig, SelectRule};
 use super::tree::{Answer, NodeId, TerminalCause};
 
 /// Why a tree stopped.
@@ -23,6 +23,8 @@ pub enum StopReason {
     BestChildShare,
     /// No expandable node is left.
     Exhausted,
+    /// `stop_after_verified` distinct verified chains found.
+    EnoughVerified,
 }
 
 /// One distinct terminal chain.
@@ -45,6 +47,19 @@ pub struct ChainResult {
     pub terminal: Option<TerminalCause>,
     /// Visits of the terminal node.
     pub visits: u32,
+    /// The value function's score of the chain (whole-chain confidence, the
+    /// tree's final votes).
+    #[serde(default)]
+    pub value: f64,
+    /// Share of the tree's answered chains that give the same final answer.
+    #[serde(default)]
+    pub agreement: f64,
+    /// The vote key of the answer (`None`: nothing could be extracted).
+    #[serde(default)]
+    pub answer_key: Option<String>,
+    /// The judge's score, with `value = "judge"`.
+    #[serde(default)]
+    pub judge: Option<f64>,
 }
 
 /// Index into `chains` of the chain each selection rule picks.
@@ -52,14 +67,25 @@ pub struct ChainResult {
 pub struct Picks {
     pub most_visited: Option<usize>,
     pub highest_reward: Option<usize>,
+    #[serde(default)]
+    pub majority_vote: Option<usize>,
 }
 
 impl Picks {
-    pub fn get(&self, rule: super::config::SelectRule) -> Option<usize> {
+    pub fn get(&self, rule: SelectRule) -> Option<usize> {
         match rule {
-            super::config::SelectRule::MostVisited => self.most_visited,
-            super::config::SelectRule::HighestReward => self.highest_reward,
+            SelectRule::MostVisited => self.most_visited,
+            SelectRule::HighestReward => self.highest_reward,
+            SelectRule::MajorityVote => self.majority_vote,
         }
+    }
+    pub fn set(&mut self, rule: SelectRule, chain: usize) {
+        let slot = match rule {
+            SelectRule::MostVisited => &mut self.most_visited,
+            SelectRule::HighestReward => &mut self.highest_reward,
+            SelectRule::MajorityVote => &mut self.majority_vote,
+        };
+        *slot = Some(chain);
     }
 }
 
@@ -161,7 +187,8 @@ impl TreeResult {
         let settings = self.tree.config.settings_json();
         self.chains
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 let path: Vec<String> = c.path.iter().map(|n| n.0.to_string()).collect();
                 let id = blake3::hash(
                     format!(
@@ -192,6 +219,9 @@ impl TreeResult {
                     model_blake3: meta.model_blake3.clone(),
                     settings: settings.clone(),
                     created_at: meta.created_at,
+                    selected: Some(self.selected == Some(i)),
+                    value: Some(c.value),
+                    agreement: Some(c.agreement),
                 }
             })
             .collect()

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use crate::record::Seed;
 
-use super::verify::reference_from_field;
 use super::SearchError;
+use crate::stages::answer::reference_from_field;
 
 /// Parse JSONL text into seeds; a missing id becomes `line-<n>` (1-based).
 pub fn seeds_from_jsonl(text: &str) -> Result<Vec<Seed>, SearchError> {

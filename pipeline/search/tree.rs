@@ -43,6 +43,13 @@ pub struct Answer {
     pub reward: f64,
     /// Against the reference answer, when the seed has one.
     pub verified: Option<bool>,
+    /// What the answer stands for when votes are counted
+    /// ([`crate::stages::answer::answer_key`]); `None` when nothing can be extracted.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The judge engine's score in [0, 1], once judged (value `judge` only).
+    #[serde(default)]
+    pub judge: Option<f64>,
 }
 
 /// One reasoning state.
@@ -55,8 +62,12 @@ pub struct Node {
     pub tokens: Vec<Token>,
     /// Confidence of each action token; empty for injected text (root, reflection).
     pub confidences: Vec<f32>,
-    /// Action text (lossy UTF-8 of the token bytes).
+    /// Action text (lossy UTF-8 of the token bytes, for display: a character
+    /// split between two actions shows as U+FFFD here, never in a chain).
     pub text: String,
+    /// The action's raw bytes; chains join these before decoding.
+    #[serde(default)]
+    pub bytes: Vec<u8>,
     /// Visits.
     pub n: u32,
     /// Sum of backed-up values; `q = w / n`.
@@ -108,6 +119,7 @@ impl Tree {
                 children: Vec::new(),
                 tokens: prompt,
                 confidences: Vec::new(),
+                bytes: prompt_text.as_bytes().to_vec(),
                 text: prompt_text,
                 n: 0,
                 w: 0.0,
@@ -147,7 +159,7 @@ impl Tree {
         parent: NodeId,
         tokens: Vec<Token>,
         confidences: Vec<f32>,
-        text: String,
+        bytes: Vec<u8>,
         reflection: bool,
         key: [u32; 3],
     ) -> NodeId {
@@ -171,7 +183,8 @@ impl Tree {
             path_len: p.path_len + tokens.len() as u32,
             tokens,
             confidences,
-            text,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
             n: 0,
             w: 0.0,
             own: 0,

@@ -5,6 +5,10 @@
 //! `1/2`). Numbers are compared by value; text answers by a SQuAD-style
 //! normalized exact match. Both functions are pure so the search module can
 //! call them when deciding whether to reflect.
+//!
+//! This is the one answer parser: the search (`on_wrong`, the `verifier`
+//! and `self_consistency` values, `majority_vote`), the filters, the seed
+//! importer (`gsm8k_answer`) and the benchmarks all use it.
 
 use std::sync::OnceLock;
 
@@ -60,11 +64,8 @@ pub fn extract_final_answer(text: &str) -> Option<String> {
         let b = b.trim();
         return (!b.is_empty()).then(|| b.to_string());
     }
-    if let Some(pos) = t.rfind("####") {
-        let line = t[pos + 4..].lines().next().unwrap_or("").trim();
-        if !line.is_empty() {
-            return Some(line.to_string());
-        }
+    if let Some(line) = after_hashes(t) {
+        return Some(line.to_string());
     }
     if let Some(c) = answer_marker_re().captures_iter(t).last() {
         let a = c["a"].trim().trim_end_matches('.').trim();
@@ -73,6 +74,44 @@ pub fn extract_final_answer(text: &str) -> Option<String> {
         }
     }
     (!t.is_empty()).then(|| t.to_string())
+}
+
+/// The GSM8K final-answer line: what follows the last `####`, trimmed.
+fn after_hashes(t: &str) -> Option<&str> {
+    let pos = t.rfind("####")?;
+    let line = t[pos + 4..].lines().next().unwrap_or("").trim();
+    (!line.is_empty()).then_some(line)
+}
+
+/// A GSM8K answer field's final answer: `work\n#### 1,234` → `1234`
+/// (commas removed); `None` without a `####` line.
+pub fn gsm8k_answer(text: &str) -> Option<String> {
+    after_hashes(text).map(|a| a.chars().filter(|&c| c != ',').collect())
+}
+
+/// The reference answer a seed field holds: the GSM8K `####` answer when
+/// there is one, else the trimmed text.
+pub fn reference_from_field(answer: &str) -> String {
+    gsm8k_answer(answer).unwrap_or_else(|| answer.trim().to_string())
+}
+
+/// What an answer stands for when answers are counted as votes
+/// (self-consistency, majority vote): the value of its number when it has
+/// one (`$1,234.00` and `1234` agree), else its normalized text. `None` when
+/// nothing can be extracted.
+pub fn answer_key(answer: &str) -> Option<String> {
+    let a = extract_final_answer(answer)?;
+    if let Some(n) = answer_number(&a) {
+        let v = if n.value == 0.0 { 0.0 } else { n.value };
+        // Integers print exactly; other values rounded past float noise.
+        return Some(if v.fract() == 0.0 && v.abs() < 1e15 {
+            format!("{}", v as i64)
+        } else {
+            format!("{:.6}", v).trim_end_matches('0').to_string()
+        });
+    }
+    let t = normalize_text_answer(&a);
+    (!t.is_empty()).then_some(t)
 }
 
 /// Content of the last `\boxed{…}` (or `\fbox{…}`), braces balanced.
@@ -286,6 +325,23 @@ mod tests {
         assert!(answers_match("Answer: Paris", "paris"));
         assert!(!answers_match("London", "Paris"));
         assert!(!answers_match("", "Paris"));
+    }
+
+    #[test]
+    fn vote_keys_agree_where_answers_match() {
+        assert_eq!(answer_key("$1,234.00").as_deref(), Some("1234"));
+        assert_eq!(answer_key("The answer is 1234.").as_deref(), Some("1234"));
+        assert_eq!(answer_key("0.50").as_deref(), Some("0.5"));
+        assert_eq!(
+            answer_key("The Eiffel Tower.").as_deref(),
+            Some("eiffel tower")
+        );
+        assert_eq!(answer_key("   "), None);
+        assert_ne!(answer_key("72"), answer_key("71"));
+        assert_eq!(gsm8k_answer("a\n#### 1,234").as_deref(), Some("1234"));
+        assert_eq!(gsm8k_answer("no hashes"), None);
+        assert_eq!(reference_from_field("a\nb\n#### 72"), "72");
+        assert_eq!(reference_from_field(" Paris "), "Paris");
     }
 
     #[test]

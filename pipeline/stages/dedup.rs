@@ -10,10 +10,9 @@
 //! millions of chains holds signatures, not chains.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -319,13 +318,15 @@ impl Dedup {
     /// Decides, for each key (input order), whether it is kept or which kept
     /// chain (of this run or of `index`) it duplicates.
     pub fn plan(&self, keys: &[ChainKey], index: Option<&SignatureIndex>) -> DedupPlan {
+        self.plan_against(keys, index.map_or(&[][..], |i| i.entries.as_slice()))
+    }
+
+    /// [`Dedup::plan`] against `prior` entries (earlier runs) only.
+    pub fn plan_against(&self, keys: &[ChainKey], prior: &[IndexEntry]) -> DedupPlan {
         let rows = self.cfg.num_perm / self.cfg.bands;
-        let prior = index.map_or(0, |i| i.entries.len());
-        let mut lsh = Lsh::new(self.cfg.bands, rows, prior + keys.len());
-        if let Some(idx) = index {
-            for e in &idx.entries {
-                lsh.insert(&e.id, &e.exact, &e.sig, None, self.cfg.near);
-            }
+        let mut lsh = Lsh::new(self.cfg.bands, rows, prior.len() + keys.len());
+        for e in prior {
+            lsh.insert(&e.id, &e.exact, &e.sig, None, self.cfg.near);
         }
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_by(|&a, &b| {
@@ -384,12 +385,25 @@ impl Dedup {
         shards: Vec<Vec<Chain>>,
         index: Option<&mut SignatureIndex>,
     ) -> (Vec<Vec<Chain>>, Vec<Reject>) {
-        let keys: Vec<ChainKey> = shards.par_iter().flatten().map(|c| self.key(c)).collect();
-        let plan = self.plan(&keys, index.as_deref());
+        let prior = index.as_deref().map_or(&[][..], |i| i.entries.as_slice());
+        let (out, rejects, kept) = self.apply_shards_against(shards, prior);
         if let Some(idx) = index {
-            idx.entries.extend(plan.kept_entries(keys));
+            idx.entries.extend(kept);
         }
-        let mut decisions = plan.dup_of.into_iter();
+        (out, rejects)
+    }
+
+    /// Deduplicates against `prior` entries only and returns, besides the kept
+    /// chains and the rejects, the index entries of the kept chains (for the
+    /// caller to record in the index as this run's segment).
+    pub fn apply_shards_against(
+        &self,
+        shards: Vec<Vec<Chain>>,
+        prior: &[IndexEntry],
+    ) -> (Vec<Vec<Chain>>, Vec<Reject>, Vec<IndexEntry>) {
+        let keys: Vec<ChainKey> = shards.par_iter().flatten().map(|c| self.key(c)).collect();
+        let plan = self.plan_against(&keys, prior);
+        let mut decisions = plan.dup_of.clone().into_iter();
         let mut rejects = Vec::new();
         let out = shards
             .into_iter()
@@ -406,7 +420,7 @@ impl Dedup {
                 kept
             })
             .collect();
-        (out, rejects)
+        (out, rejects, plan.kept_entries(keys))
     }
 
     /// [`Dedup::apply_shards`] for a single batch.
@@ -424,6 +438,7 @@ impl Dedup {
         SignatureIndex {
             params: IndexParams::of(&self.cfg),
             entries: Vec::new(),
+            segments: Vec::new(),
         }
     }
 
@@ -475,20 +490,39 @@ impl IndexParams {
     }
 }
 
-/// Signatures of every chain shipped by earlier runs.
+/// The entries one run (one output directory of one job) added to the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Who added them ([`SignatureIndex::ANONYMOUS`]: unknown, e.g. a v1 file).
+    pub key: [u8; 32],
+    pub len: u64,
+}
+
+/// Signatures of every chain shipped by earlier runs, grouped in segments by
+/// the run that added them, in the order they were added. A rerun of a run
+/// compares against the segments before its own only and leaves every other
+/// segment as it is: rerunning night N after night N+1 neither rejects N's
+/// chains as duplicates of themselves nor removes N+1's entries.
 ///
-/// File format (little endian): magic `CFDEDUP1`; u32 num_perm, u32 bands,
-/// u32 shingle, u64 seed; u64 entry count; per entry u16 id length, id bytes
-/// (UTF-8), 32-byte exact hash, num_perm × u32 signature; then the 32-byte
-/// blake3 of everything before it. Written to `<path>.tmp`, fsynced, renamed
-/// over `path`, directory fsynced: a crash leaves the old or the new index.
+/// File format (little endian): magic `CFDEDUP2`; u32 num_perm, u32 bands,
+/// u32 shingle, u64 seed; u64 entry count; u32 segment count, per segment a
+/// 32-byte key and a u64 length (covering a prefix of the entries; the rest
+/// is anonymous); per entry u16 id length, id bytes (UTF-8), 32-byte exact
+/// hash, num_perm × u32 signature; then the 32-byte blake3 of everything
+/// before it. `CFDEDUP1` files (no segments) are read as one anonymous
+/// segment. Written to a temporary that is removed on any error, fsynced,
+/// renamed over `path`, directory fsynced: a crash leaves the old or the new
+/// index. Callers sharing an index hold its lock (see `recipes::run`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignatureIndex {
     pub params: IndexParams,
     pub entries: Vec<IndexEntry>,
+    /// Covers a prefix of `entries`; entries after it belong to no known run.
+    pub segments: Vec<Segment>,
 }
 
-const MAGIC: &[u8; 8] = b"CFDEDUP1";
+const MAGIC_V1: &[u8; 8] = b"CFDEDUP1";
+const MAGIC: &[u8; 8] = b"CFDEDUP2";
 
 struct HashingWriter<W: Write> {
     inner: W,
@@ -506,6 +540,9 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 impl SignatureIndex {
+    /// Key of entries of an unknown run.
+    pub const ANONYMOUS: [u8; 32] = [0; 32];
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -513,10 +550,65 @@ impl SignatureIndex {
         self.entries.is_empty()
     }
 
+    /// Where the segment of `key` sits in `entries`, if the index has it.
+    fn find(&self, key: &[u8; 32]) -> Option<(usize, usize, usize)> {
+        let mut start = 0usize;
+        for (i, s) in self.segments.iter().enumerate() {
+            let len = s.len as usize;
+            if &s.key == key && key != &Self::ANONYMOUS {
+                return Some((i, start, len));
+            }
+            start += len;
+        }
+        None
+    }
+
+    /// What the run `key` compares against: the entries added before its own
+    /// segment, or every entry when it has none yet.
+    pub fn entries_before(&self, key: &[u8; 32]) -> &[IndexEntry] {
+        match self.find(key) {
+            Some((_, start, _)) => &self.entries[..start.min(self.entries.len())],
+            None => &self.entries,
+        }
+    }
+
+    /// Record `entries` as the segment of run `key`; true when the index
+    /// changed (and must be saved). A run that already has its segment gets
+    /// it replaced in place (a rerun is deterministic, so usually nothing
+    /// changes); the segments of other runs are never touched.
+    pub fn put_segment(&mut self, key: [u8; 32], entries: Vec<IndexEntry>) -> bool {
+        if let Some((i, start, len)) = self.find(&key) {
+            if self.entries.get(start..start + len) == Some(entries.as_slice()) {
+                return false;
+            }
+            tracing::warn!(
+                "dedup index: this run's earlier entries ({len}) differ from this finalize's ({}); replacing this run's own segment only",
+                entries.len()
+            );
+            self.segments[i].len = entries.len() as u64;
+            self.entries.splice(start..start + len, entries);
+            return true;
+        }
+        let covered: u64 = self.segments.iter().map(|s| s.len).sum();
+        let rest = (self.entries.len() as u64).saturating_sub(covered);
+        if rest > 0 {
+            self.segments.push(Segment {
+                key: Self::ANONYMOUS,
+                len: rest,
+            });
+        }
+        self.segments.push(Segment {
+            key,
+            len: entries.len() as u64,
+        });
+        self.entries.extend(entries);
+        true
+    }
+
     pub fn save(&self, path: &Path) -> Result<(), StageError> {
-        let tmp = tmp_path(path);
-        let io = |e| StageError::io(&tmp, e);
-        let file = File::create(&tmp).map_err(io)?;
+        let (tmp, file) = crate::store::fsio::TempPath::create(path)?;
+        // Errors name the index (its temporary is removed on any error).
+        let io = |e| StageError::io(path, e);
         let mut w = HashingWriter {
             inner: BufWriter::new(file),
             hasher: blake3::Hasher::new(),
@@ -529,6 +621,22 @@ impl SignatureIndex {
         w.write_all(&p.seed.to_le_bytes()).map_err(io)?;
         w.write_all(&(self.entries.len() as u64).to_le_bytes())
             .map_err(io)?;
+        let covered: u64 = self.segments.iter().map(|s| s.len).sum();
+        if covered > self.entries.len() as u64 {
+            return Err(StageError::Index {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "segments cover {covered} entries, the index has {}",
+                    self.entries.len()
+                ),
+            });
+        }
+        w.write_all(&(self.segments.len() as u32).to_le_bytes())
+            .map_err(io)?;
+        for sgm in &self.segments {
+            w.write_all(&sgm.key).map_err(io)?;
+            w.write_all(&sgm.len.to_le_bytes()).map_err(io)?;
+        }
         for e in &self.entries {
             let id = e.id.as_bytes();
             let len = u16::try_from(id.len()).map_err(|_| StageError::Index {
@@ -561,30 +669,24 @@ impl SignatureIndex {
         inner.write_all(&digest).map_err(io)?;
         let file = inner
             .into_inner()
-            .map_err(|e| StageError::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(|e| StageError::io(path, e))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StageError::io(dir, e))?;
-        }
+            .map_err(|e| StageError::io(path, e.into_error()))?;
+        tmp.commit(file)?;
         Ok(())
     }
 
     pub fn load(path: &Path) -> Result<Self, StageError> {
         let mut bytes = Vec::new();
-        BufReader::new(File::open(path).map_err(|e| StageError::io(path, e))?)
+        BufReader::new(crate::store::fsio::open_read(path)?)
             .read_to_end(&mut bytes)
             .map_err(|e| StageError::io(path, e))?;
         let bad = |msg: &str| StageError::Index {
             path: path.to_path_buf(),
             msg: msg.to_string(),
         };
-        if bytes.len() < 8 + 20 + 8 + 32 || &bytes[..8] != MAGIC {
+        if bytes.len() < 8 + 20 + 8 + 32 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
             return Err(bad("not a cotforge dedup index (bad magic or too short)"));
         }
+        let v2 = &bytes[..8] == MAGIC;
         let (body, digest) = bytes.split_at(bytes.len() - 32);
         if blake3::hash(body).as_bytes() != digest {
             return Err(bad("checksum mismatch (truncated or corrupted)"));
@@ -597,6 +699,25 @@ impl SignatureIndex {
             seed: r.u64().ok_or_else(|| bad("truncated header"))?,
         };
         let count = r.u64().ok_or_else(|| bad("truncated header"))? as usize;
+        let mut segments = Vec::new();
+        if v2 {
+            let n = r.u32().ok_or_else(|| bad("truncated header"))? as usize;
+            for _ in 0..n {
+                let key: [u8; 32] = r
+                    .take(32)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| bad("truncated segment table"))?;
+                let len = r.u64().ok_or_else(|| bad("truncated segment table"))?;
+                segments.push(Segment { key, len });
+            }
+            let covered = segments
+                .iter()
+                .try_fold(0u64, |a, s| a.checked_add(s.len))
+                .ok_or_else(|| bad("segment lengths overflow"))?;
+            if covered > count as u64 {
+                return Err(bad("segments cover more entries than the index holds"));
+            }
+        }
         let mut entries = Vec::with_capacity(count.min(body.len() / 34));
         for _ in 0..count {
             let e = (|| {
@@ -615,7 +736,11 @@ impl SignatureIndex {
         if r.pos != body.len() {
             return Err(bad("trailing bytes after entries"));
         }
-        Ok(Self { params, entries })
+        Ok(Self {
+            params,
+            entries,
+            segments,
+        })
     }
 }
 
@@ -638,10 +763,4 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
 }

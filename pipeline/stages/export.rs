@@ -4,6 +4,14 @@
 //! LLaMA-Factory `dataset_info.json`. Deterministic: rows are split by a hash
 //! of their id and ordered by id, so the same chains give the same bytes.
 //!
+//! Crash-safe: the new `data/` is written complete (every file and the
+//! directory fsynced) beside the old one as `.data.new/`, then switched in
+//! with one atomic exchange (see `store::fsio::switch_dir`), so a reader or a
+//! crash sees the old set or the new set, never a mix or a gap; the card and
+//! `dataset_info.json` are replaced atomically after it. Leftovers of an
+//! interrupted export are removed by the next one. Entries that are
+//! symbolic links are refused, not followed.
+//!
 //! Columns per format (every format also carries `id`, `seed_id`, `model`,
 //! `recipe`, `reward`, `verified`):
 //! - `messages`: `messages: list<struct<role: string, content: string>>`
@@ -13,10 +21,13 @@
 //! - `alpaca`: `instruction`, `input` (empty), `output`, `system` (nullable).
 //! - `sharegpt`: `conversations: list<struct<from: string, value: string>>`
 //!   (`human`/`gpt`), `system` (nullable).
+//!
+//! `preference`, `kto` and `prm` are built from the search trees, not only
+//! from the shipped chains ([`super::tree_export`], schemas
+//! `schemas/{preference,kto,prm}.json`); they go through the same writer,
+//! card and `dataset_info.json` here, via [`export_out`].
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,7 +43,8 @@ use serde::{Deserialize, Serialize};
 
 use super::format::{render, Style};
 use super::StageError;
-use crate::record::{Chain, Recipe};
+use crate::record::{Chain, Recipe, Reject};
+use crate::store::{crash, fsio};
 
 /// Column layout of the exported rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -43,6 +55,12 @@ pub enum ExportFormat {
     PromptCompletion,
     Alpaca,
     Sharegpt,
+    /// (chosen, rejected) pairs from one tree (TRL's conversational preference layout).
+    Preference,
+    /// One row per chain with a boolean `label` (TRL's unpaired preference layout).
+    Kto,
+    /// Per-step Monte Carlo labels from the tree (TRL's stepwise supervision layout).
+    Prm,
 }
 
 impl ExportFormat {
@@ -52,7 +70,18 @@ impl ExportFormat {
             ExportFormat::PromptCompletion => "prompt-completion",
             ExportFormat::Alpaca => "alpaca",
             ExportFormat::Sharegpt => "sharegpt",
+            ExportFormat::Preference => "preference",
+            ExportFormat::Kto => "kto",
+            ExportFormat::Prm => "prm",
         }
+    }
+
+    /// Formats that read the held-back chains and the trees, not only the shipped chains.
+    pub fn from_trees(self) -> bool {
+        matches!(
+            self,
+            ExportFormat::Preference | ExportFormat::Kto | ExportFormat::Prm
+        )
     }
 }
 
@@ -64,8 +93,12 @@ impl std::str::FromStr for ExportFormat {
             "prompt-completion" => Ok(Self::PromptCompletion),
             "alpaca" => Ok(Self::Alpaca),
             "sharegpt" => Ok(Self::Sharegpt),
+            "preference" => Ok(Self::Preference),
+            "kto" => Ok(Self::Kto),
+            "prm" => Ok(Self::Prm),
             _ => Err(format!(
-                "unknown format '{s}' (expected messages, prompt-completion, alpaca or sharegpt)"
+                "unknown format '{s}' (expected messages, prompt-completion, alpaca, sharegpt, \
+                 preference, kto or prm)"
             )),
         }
     }
@@ -116,6 +149,15 @@ pub struct ExportConfig {
     pub name: String,
     /// Salt of the split hash (changing it reshuffles the splits).
     pub split_seed: u64,
+    /// `preference`: at most this many pairs per seed.
+    pub max_pairs_per_seed: usize,
+    /// `preference` / `kto` for seeds without a reference answer: a chain is
+    /// dispreferred when its value is at least this much below the selected
+    /// chain's (values are in [0, 1]).
+    pub min_value_margin: f64,
+    /// `prm`: a step's label is `value > prm_threshold` (0: some chain
+    /// through the step reaches the right answer).
+    pub prm_threshold: f64,
 }
 
 impl Default for ExportConfig {
@@ -132,6 +174,9 @@ impl Default for ExportConfig {
             row_group_rows: 1_000,
             name: "cotforge".into(),
             split_seed: 0,
+            max_pairs_per_seed: 4,
+            min_value_margin: 0.05,
+            prm_threshold: 0.0,
         }
     }
 }
@@ -154,6 +199,21 @@ impl ExportConfig {
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Err(StageError::Config("duplicate split name".into()));
         }
+        if self.max_pairs_per_seed == 0 {
+            return Err(StageError::Config("max_pairs_per_seed must be > 0".into()));
+        }
+        if !(0.0..=1.0).contains(&self.min_value_margin) {
+            return Err(StageError::Config(format!(
+                "min_value_margin {} not in [0, 1]",
+                self.min_value_margin
+            )));
+        }
+        if !(0.0..1.0).contains(&self.prm_threshold) {
+            return Err(StageError::Config(format!(
+                "prm_threshold {} not in [0, 1)",
+                self.prm_threshold
+            )));
+        }
         Ok(())
     }
 }
@@ -164,6 +224,8 @@ pub struct ExportSummary {
     /// Split name -> (rows, files relative to the export dir), `train` first.
     pub splits: Vec<(String, usize, Vec<String>)>,
     pub skipped_by_recipe: usize,
+    /// Tree formats: what was left out and why, with counts.
+    pub notes: Vec<(String, usize)>,
 }
 
 impl ExportSummary {
@@ -254,8 +316,32 @@ fn opt_text_col<'a>(name: &str, vals: impl Iterator<Item = Option<&'a str>>) -> 
     )
 }
 
-fn system_of(c: &Chain) -> Option<&str> {
+pub(crate) fn system_of(c: &Chain) -> Option<&str> {
     c.system.as_deref().filter(|s| !s.trim().is_empty())
+}
+
+/// The prompt as one string: system prompt, blank line, prompt when there is a system prompt.
+pub(crate) fn flat_prompt(c: &Chain) -> String {
+    match system_of(c) {
+        Some(s) => format!("{s}\n\n{}", c.prompt),
+        None => c.prompt.clone(),
+    }
+}
+
+/// A row of an export: its id orders the rows of a file, its split key
+/// picks the split (a hash, see [`split_of`]).
+pub(crate) trait ExportRow {
+    fn id(&self) -> &str;
+    fn split_key(&self) -> &str;
+}
+
+impl ExportRow for Chain {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn split_key(&self) -> &str {
+        &self.id
+    }
 }
 
 /// The Arrow batch of exported rows.
@@ -279,13 +365,7 @@ pub fn export_batch(rows: &[&Chain], cfg: &ExportConfig) -> Result<RecordBatch, 
             cols.push(struct_list("messages", ["role", "content"], &msgs));
         }
         ExportFormat::PromptCompletion => {
-            cols.push(text_col(
-                "prompt",
-                rows.iter().map(|c| match system_of(c) {
-                    Some(s) => format!("{s}\n\n{}", c.prompt),
-                    None => c.prompt.clone(),
-                }),
-            ));
+            cols.push(text_col("prompt", rows.iter().map(|c| flat_prompt(c))));
             cols.push(text_col("completion", rows.iter().map(|c| assistant(c))));
         }
         ExportFormat::Alpaca => {
@@ -310,6 +390,12 @@ pub fn export_batch(rows: &[&Chain], cfg: &ExportConfig) -> Result<RecordBatch, 
             cols.push(struct_list("conversations", ["from", "value"], &conv));
             cols.push(opt_text_col("system", rows.iter().map(|c| system_of(c))));
         }
+        f => {
+            return Err(StageError::Config(format!(
+                "format {} is built from the trees (stages::tree_export), not from chains alone",
+                f.as_str()
+            )))
+        }
     }
     cols.push(text_col("id", rows.iter().map(|c| c.id.clone())));
     cols.push(text_col("seed_id", rows.iter().map(|c| c.seed_id.clone())));
@@ -333,45 +419,133 @@ pub fn export_batch(rows: &[&Chain], cfg: &ExportConfig) -> Result<RecordBatch, 
     Ok(RecordBatch::try_new(schema, arrays)?)
 }
 
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| StageError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| StageError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| StageError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| StageError::io(path, e))
+/// Remove what an interrupted export left: the half-written new set and the
+/// old set the non-atomic fallback parks aside.
+fn remove_leftovers(dir: &Path) -> Result<(), StageError> {
+    for p in [dir.join(".data.new"), fsio::old_path(&dir.join("data"))] {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                std::fs::remove_dir_all(&p).map_err(|e| StageError::io(&p, e))?
+            }
+            Ok(_) => std::fs::remove_file(&p).map_err(|e| StageError::io(&p, e))?,
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
-/// Writes the export of `chains` into `dir` (created if needed). Earlier
-/// `data/*.parquet` files in `dir` are removed first so no stale shard of a
-/// previous export survives.
+/// The export of a run's output in any format: the SFT formats from the
+/// shipped `chains`; `preference`, `kto` and `prm` also from the chains the
+/// ship policy held back (in `rejects`) and the trees under `out`.
+pub fn export_out(
+    chains: &[Chain],
+    rejects: &[Reject],
+    out: &Path,
+    dir: &Path,
+    cfg: &ExportConfig,
+) -> Result<ExportSummary, StageError> {
+    if cfg.format.from_trees() {
+        super::tree_export::export(chains, rejects, out, dir, cfg)
+    } else {
+        export(chains, dir, cfg)
+    }
+}
+
+/// Writes the SFT export of `chains` into `dir` (created if needed): `data/`
+/// is replaced as a whole by the new set, so no stale file of a previous
+/// export survives, and a crash at any point leaves the previous export or
+/// the new one.
 pub fn export(
     chains: &[Chain],
     dir: &Path,
     cfg: &ExportConfig,
 ) -> Result<ExportSummary, StageError> {
     cfg.validate()?;
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).map_err(|e| StageError::io(&data, e))?;
-    for entry in std::fs::read_dir(&data).map_err(|e| StageError::io(&data, e))? {
-        let p = entry.map_err(|e| StageError::io(&data, e))?.path();
-        if p.extension().is_some_and(|e| e == "parquet" || e == "tmp") {
-            std::fs::remove_file(&p).map_err(|e| StageError::io(&p, e))?;
-        }
+    if cfg.format.from_trees() {
+        return Err(StageError::Config(format!(
+            "format {} needs the run's rejects and trees: use export_out",
+            cfg.format.as_str()
+        )));
     }
+    let kept: Vec<&Chain> = chains
+        .iter()
+        .filter(|c| cfg.recipes.is_empty() || c.recipe.is_some_and(|r| cfg.recipes.contains(&r)))
+        .collect();
+    let mut summary = write_export(&kept, dir, cfg, &|rows| export_batch(rows, cfg), &|s| {
+        dataset_card(&kept, cfg, s)
+    })?;
+    summary.skipped_by_recipe = chains.len() - kept.len();
+    Ok(summary)
+}
 
-    let mut by_split: BTreeMap<&str, Vec<&Chain>> = BTreeMap::new();
+/// The batch of one data file.
+pub(crate) type BatchFn<'a, R> = dyn Fn(&[&R]) -> Result<RecordBatch, StageError> + 'a;
+
+/// The machinery every format shares: `rows` split, sorted, written as the
+/// HF layout into `dir/.data.new`, switched in atomically, then the card
+/// (`card` of the summary) and `dataset_info.json`.
+pub(crate) fn write_export<R: ExportRow>(
+    rows: &[&R],
+    dir: &Path,
+    cfg: &ExportConfig,
+    batch: &BatchFn<'_, R>,
+    card: &dyn Fn(&ExportSummary) -> String,
+) -> Result<ExportSummary, StageError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+    remove_leftovers(dir)?;
+    let data = dir.join("data");
+    let new = dir.join(".data.new");
+    for p in [
+        &data,
+        &dir.join("README.md"),
+        &dir.join("dataset_info.json"),
+    ] {
+        fsio::refuse_symlink(p)?;
+    }
+    std::fs::create_dir(&new).map_err(|e| StageError::io(&new, e))?;
+
+    // A failed write (a full disk) removes the half-written set.
+    let summary = match write_set(rows, &new, cfg, batch) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&new);
+            return Err(e);
+        }
+    };
+    crash::point("export.before_switch");
+    fsio::switch_dir(&new, &data)?;
+
+    let card = card(&summary);
+    fsio::commit_bytes(&dir.join("README.md"), card.as_bytes())?;
+    let info = serde_json::to_string_pretty(&llama_factory_info(cfg, &summary))?;
+    fsio::commit_bytes(
+        &dir.join("dataset_info.json"),
+        format!("{info}\n").as_bytes(),
+    )?;
+    crash::point("export.card");
+    fsio::fsync_dir(dir)?;
+    Ok(summary)
+}
+
+/// Write every data file of the export into `new` (fsynced); their names are
+/// recorded relative to the export directory (`data/...`).
+fn write_set<R: ExportRow>(
+    rows: &[&R],
+    new: &Path,
+    cfg: &ExportConfig,
+    batch: &BatchFn<'_, R>,
+) -> Result<ExportSummary, StageError> {
+    let mut by_split: BTreeMap<&str, Vec<&R>> = BTreeMap::new();
     by_split.insert("train", Vec::new());
     for s in &cfg.splits {
         by_split.insert(&s.name, Vec::new());
     }
-    let mut skipped = 0;
-    for c in chains {
-        let keep = cfg.recipes.is_empty() || c.recipe.is_some_and(|r| cfg.recipes.contains(&r));
-        if !keep {
-            skipped += 1;
-            continue;
-        }
-        by_split.entry(split_of(&c.id, cfg)).or_default().push(c);
+    for &r in rows {
+        by_split
+            .entry(split_of(r.split_key(), cfg))
+            .or_default()
+            .push(r);
     }
 
     let props = WriterProperties::builder()
@@ -379,57 +553,79 @@ pub fn export(
         .set_max_row_group_row_count(Some(cfg.row_group_rows))
         .set_created_by("cotforge".into())
         .build();
-    let mut summary = ExportSummary {
-        splits: Vec::new(),
-        skipped_by_recipe: skipped,
-    };
+    let mut summary = ExportSummary::default();
     let order = std::iter::once("train").chain(cfg.splits.iter().map(|s| s.name.as_str()));
     for split in order {
         let mut rows = by_split.remove(split).unwrap_or_default();
-        rows.sort_by(|a, b| a.id.cmp(&b.id));
-        rows.dedup_by(|a, b| a.id == b.id);
+        rows.sort_by(|a, b| a.id().cmp(b.id()));
+        rows.dedup_by(|a, b| a.id() == b.id());
         let n_files = rows.len().div_ceil(cfg.max_rows_per_file);
         let mut files = Vec::new();
         for (i, chunk) in rows.chunks(cfg.max_rows_per_file).enumerate() {
-            let rel = format!("data/{split}-{i:05}-of-{n_files:05}.parquet");
-            let path = dir.join(&rel);
-            let batch = export_batch(chunk, cfg)?;
-            let tmp = path.with_extension("tmp");
-            let file = File::create(&tmp).map_err(|e| StageError::io(&tmp, e))?;
+            let name = format!("{split}-{i:05}-of-{n_files:05}.parquet");
+            let path = new.join(&name);
+            // Errors name the file where it will live (it is written beside it).
+            let shown = parent_of(new).join("data").join(&name);
+            let batch = batch(chunk)?;
+            let file = fsio::open_nofollow(
+                &path,
+                std::fs::OpenOptions::new().write(true).create_new(true),
+            )?;
             let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props.clone()))?;
-            w.write(&batch)?;
-            let file = w.into_inner()?;
-            file.sync_all().map_err(|e| StageError::io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| StageError::io(&path, e))?;
-            files.push(rel);
+            w.write(&batch).map_err(|e| parquet_err(&shown, e))?;
+            let file = w.into_inner().map_err(|e| parquet_err(&shown, e))?;
+            file.sync_all().map_err(|e| StageError::io(&shown, e))?;
+            crash::point("export.file_written");
+            files.push(format!("data/{name}"));
         }
         summary.splits.push((split.to_string(), rows.len(), files));
     }
 
-    let card = dataset_card(chains, cfg, &summary);
-    atomic_write(&dir.join("README.md"), card.as_bytes())?;
-    let info = serde_json::to_string_pretty(&llama_factory_info(cfg, &summary))?;
-    atomic_write(
-        &dir.join("dataset_info.json"),
-        format!("{info}\n").as_bytes(),
-    )?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    fsio::fsync_dir(new)?;
     Ok(summary)
+}
+
+fn parent_of(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("."))
+}
+
+/// A Parquet writer error on `path`; a full disk becomes the store's clear message.
+fn parquet_err(path: &Path, e: parquet::errors::ParquetError) -> StageError {
+    if let Some(io) = crate::store::parquet_io::disk_full_in(&e) {
+        return StageError::io(path, io);
+    }
+    StageError::Parquet(e)
 }
 
 /// LLaMA-Factory entries: one per split (per file when a split spans several
 /// files, since LLaMA-Factory's `file_name` is a single file or directory).
+///
+/// Preference: LLaMA-Factory's sharegpt ranking reader wants `chosen` and
+/// `rejected` as single messages, hence the `*_message` columns; KTO: its
+/// reader wants one message list and the `kto_tag` column. PRM: LLaMA-Factory
+/// has no process-reward format, so there are no entries (`{}`).
 pub fn llama_factory_info(cfg: &ExportConfig, summary: &ExportSummary) -> serde_json::Value {
     use serde_json::json;
+    let tags = json!({"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                      "assistant_tag": "assistant", "system_tag": "system"});
     let spec = match cfg.format {
         ExportFormat::Messages => json!({
             "formatting": "sharegpt",
             "columns": {"messages": "messages"},
-            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                     "assistant_tag": "assistant", "system_tag": "system"}
+            "tags": tags
         }),
+        ExportFormat::Preference => json!({
+            "formatting": "sharegpt",
+            "ranking": true,
+            "columns": {"messages": "prompt", "chosen": "chosen_message", "rejected": "rejected_message"},
+            "tags": tags
+        }),
+        ExportFormat::Kto => json!({
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversation", "kto_tag": "label"},
+            "tags": tags
+        }),
+        ExportFormat::Prm => return json!({}),
         ExportFormat::Sharegpt => json!({
             "formatting": "sharegpt",
             "columns": {"messages": "conversations", "system": "system"},
@@ -479,15 +675,23 @@ fn size_category(n: usize) -> &'static str {
 
 /// README.md with YAML front matter (`configs`, `dataset_info` splits with row
 /// counts, licences) and a prose description of how the data was made.
-pub fn dataset_card(chains: &[Chain], cfg: &ExportConfig, summary: &ExportSummary) -> String {
-    let exported: Vec<&Chain> = chains
-        .iter()
-        .filter(|c| cfg.recipes.is_empty() || c.recipe.is_some_and(|r| cfg.recipes.contains(&r)))
-        .collect();
+///
+/// `exported` are the chains the rows were made of; `how` (tree formats) is
+/// a section on how the rows were made.
+pub fn dataset_card(exported: &[&Chain], cfg: &ExportConfig, summary: &ExportSummary) -> String {
+    dataset_card_with(exported, cfg, summary, "")
+}
+
+pub(crate) fn dataset_card_with(
+    exported: &[&Chain],
+    cfg: &ExportConfig,
+    summary: &ExportSummary,
+    how: &str,
+) -> String {
     let mut models: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut settings: BTreeMap<String, usize> = BTreeMap::new();
     let mut recipes: BTreeMap<String, usize> = BTreeMap::new();
-    for c in &exported {
+    for c in exported {
         *models
             .entry((c.model.clone(), c.model_blake3.clone()))
             .or_default() += 1;
@@ -541,17 +745,28 @@ pub fn dataset_card(chains: &[Chain], cfg: &ExportConfig, summary: &ExportSummar
 
     let mut b = y;
     b.push_str(&format!("# {}\n\n", cfg.name));
-    b.push_str(
-        "Chain-of-thought supervised fine-tuning data synthesized by cotforge with the Marco-o1 \
+    let what = match cfg.format {
+        ExportFormat::Preference => "Chain-of-thought preference pairs (DPO / ORPO)",
+        ExportFormat::Kto => "Chain-of-thought unpaired preference data (KTO)",
+        ExportFormat::Prm => "Step-level process-reward data (PRM)",
+        _ => "Chain-of-thought supervised fine-tuning data",
+    };
+    b.push_str(&format!(
+        "{what} synthesized by cotforge with the Marco-o1 \
          method (arXiv 2411.14405): confidence-guided MCTS over a local GGUF model, reflection, \
          reward and answer filters, exact and MinHash near-duplicate removal.\n\n",
-    );
+    ));
     b.push_str("## Splits\n\n| split | rows | files |\n|---|---:|---:|\n");
     for (split, n, files) in &summary.splits {
         b.push_str(&format!("| {split} | {n} | {} |\n", files.len()));
     }
+    let keyed = if cfg.format.from_trees() {
+        "seed id (all rows of a seed are in one split)"
+    } else {
+        "row id"
+    };
     b.push_str(&format!(
-        "\nSplits are assigned by a blake3 hash of each row id (split seed {}), so they are stable \
+        "\nSplits are assigned by a blake3 hash of each {keyed} (split seed {}), so they are stable \
          across re-exports.\n\n",
         cfg.split_seed
     ));
@@ -568,16 +783,48 @@ pub fn dataset_card(chains: &[Chain], cfg: &ExportConfig, summary: &ExportSummar
         ExportFormat::PromptCompletion => "`prompt`, `completion`",
         ExportFormat::Alpaca => "`instruction`, `input`, `output`, `system`",
         ExportFormat::Sharegpt => "`conversations` (list of {from, value}: human, gpt), `system`",
+        ExportFormat::Preference => {
+            "`prompt` (list of {role, content}: system if any, user), `chosen`, `rejected` (one \
+             assistant message each) — TRL's conversational preference format; `chosen_message`, \
+             `rejected_message` (the same as single messages, for LLaMA-Factory)"
+        }
+        ExportFormat::Kto => {
+            "`prompt` (list of {role, content}), `completion` (one assistant message), `label` \
+             (bool) — TRL's conversational unpaired preference format; `conversation` (prompt + \
+             completion, for LLaMA-Factory)"
+        }
+        ExportFormat::Prm => {
+            "`prompt` (string), `completions` (list of step strings, the answer last), `labels` \
+             (list of bool), `values` (list of float: the Monte Carlo estimate per step), \
+             `visits` (list of uint32) — TRL's stepwise supervision format"
+        }
+    };
+    let meta = match cfg.format {
+        ExportFormat::Preference => {
+            "`id`, `seed_id`, `model`, `chosen_id`, `rejected_id`, `shared_steps`, \
+             `chosen_verified`, `rejected_verified`, `chosen_value`, `rejected_value`"
+        }
+        ExportFormat::Kto => "`id`, `seed_id`, `model`, `verified`, `value`",
+        ExportFormat::Prm => "`id`, `seed_id`, `model`, `verified`",
+        _ => {
+            "`id`, `seed_id`, `model`, `recipe`, `reward` (mean token confidence), \
+             `verified` (against the reference answer, null when none)"
+        }
+    };
+    b.push_str(&format!("- columns: {cols}; metadata {meta}\n"));
+    let lf = if cfg.format == ExportFormat::Prm {
+        "LLaMA-Factory has no process-reward format (`dataset_info.json` is empty)".to_string()
+    } else {
+        format!(
+            "LLaMA-Factory: `dataset_info.json` (entries `{}_<split>`)",
+            cfg.name
+        )
     };
     b.push_str(&format!(
-        "- columns: {cols}; metadata `id`, `seed_id`, `model`, `recipe`, `reward` (mean token confidence), \
-         `verified` (against the reference answer, null when none)\n"
-    ));
-    b.push_str(&format!(
         "- load: `datasets.load_dataset(\"parquet\", data_files={{\"train\": \"data/train-*.parquet\"}})`; \
-         LLaMA-Factory: `dataset_info.json` (entries `{}_<split>`)\n\n",
-        cfg.name
+         {lf}\n\n"
     ));
+    b.push_str(how);
     b.push_str("## Recipes\n\n| recipe | rows |\n|---|---:|\n");
     for (r, n) in &recipes {
         b.push_str(&format!("| {r} | {n} |\n"));
@@ -617,6 +864,9 @@ pub fn describe(summary: &ExportSummary, dir: &Path) -> String {
     let mut s = String::new();
     for (split, n, files) in &summary.splits {
         s.push_str(&format!("{split}: {n} rows in {} file(s)\n", files.len()));
+    }
+    for (what, n) in &summary.notes {
+        s.push_str(&format!("{what}: {n}\n"));
     }
     let p: PathBuf = dir.join("README.md");
     s.push_str(&format!("card: {}\n", p.display()));

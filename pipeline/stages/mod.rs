@@ -1,14 +1,17 @@
 //! Stages between generation and the shard writer: filters ([`filter`]),
-//! deduplication ([`dedup`]) and the SFT export ([`export`]). Every stage
-//! works on in-memory [`Chain`] rows and returns what it rejected as
-//! [`Reject`] rows with a reason, so nothing is silently dropped.
+//! deduplication ([`dedup`]), decontamination ([`decontam`]) and the SFT
+//! export ([`export`]). Every stage works on in-memory [`Chain`] rows and
+//! returns what it rejected as [`Reject`] rows with a reason, so nothing is
+//! silently dropped.
 
 pub mod answer;
+pub mod decontam;
 pub mod dedup;
 pub mod export;
 pub mod filter;
 pub mod format;
 pub mod minhash;
+pub mod tree_export;
 
 pub use answer::{answers_match, extract_final_answer};
 pub use dedup::{Dedup, DedupConfig, SignatureIndex};
@@ -39,14 +42,18 @@ pub enum StageError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl StageError {
+    /// An I/O error on `path`; a full disk becomes the store's clear message.
     pub(crate) fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
-        StageError::Io {
-            path: path.into(),
-            source,
+        let path = path.into();
+        if crate::store::is_disk_full(&source) {
+            return StageError::Store(crate::store::StoreError::DiskFull { path, source });
         }
+        StageError::Io { path, source }
     }
 }
 

@@ -115,7 +115,7 @@ pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     })
 }
 
-fn as_text(v: Option<&Value>) -> Option<String> {
+pub(crate) fn as_text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
@@ -123,12 +123,8 @@ fn as_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// `#### 1,234` anywhere (last occurrence) → `1234`.
-pub fn gsm8k_answer(text: &str) -> Option<String> {
-    let (_, tail) = text.rsplit_once("####")?;
-    let a: String = tail.trim().chars().filter(|&c| c != ',').collect();
-    (!a.is_empty()).then_some(a)
-}
+/// `#### 1,234` anywhere (last occurrence) → `1234`: the pipeline's one answer parser.
+pub use crate::stages::answer::gsm8k_answer;
 
 /// Map one record to a seed; `Err(reason)` when it has no usable prompt.
 pub fn record_to_seed(rec: &Value, o: &ImportOptions) -> std::result::Result<Seed, String> {
@@ -194,10 +190,16 @@ fn ierr(path: &Path, reason: impl Into<String>) -> StoreError {
     }
 }
 
-type Records = Box<dyn Iterator<Item = Result<(usize, Value)>>>;
+pub(crate) type Records = Box<dyn Iterator<Item = Result<(usize, Value)>>>;
 
 /// Records of one file with their 1-based record (JSON) or line (JSONL) number.
-fn records(path: &Path, fmt: InputFormat) -> Result<Records> {
+pub(crate) fn records(path: &Path, fmt: InputFormat) -> Result<Records> {
+    if path.is_dir() {
+        return Err(ierr(
+            path,
+            "is a directory, not a JSON or JSONL file (list the files inside it)",
+        ));
+    }
     let f = std::fs::File::open(path).map_err(io_err(path))?;
     match fmt {
         InputFormat::Json => {
@@ -214,11 +216,25 @@ fn records(path: &Path, fmt: InputFormat) -> Result<Records> {
         }
         InputFormat::Jsonl => {
             let p = path.to_path_buf();
-            let lines = std::io::BufReader::new(f).lines().enumerate();
+            // Bytes, not `lines()`: invalid UTF-8 is reported with its line number.
+            let lines = std::io::BufReader::new(f).split(b'\n').enumerate();
             Ok(Box::new(lines.filter_map(move |(i, line)| {
                 let line = match line {
                     Ok(l) => l,
                     Err(e) => return Some(Err(io_err(&p)(e))),
+                };
+                let line = match String::from_utf8(line) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return Some(Err(ierr(
+                            &p,
+                            format!(
+                                "line {}: invalid UTF-8 at byte {} of the line; re-encode the file as UTF-8",
+                                i + 1,
+                                e.utf8_error().valid_up_to()
+                            ),
+                        )))
+                    }
                 };
                 if line.trim().is_empty() {
                     return None;
@@ -233,7 +249,8 @@ fn records(path: &Path, fmt: InputFormat) -> Result<Records> {
     }
 }
 
-/// Import `inputs` (in order) into one seed Parquet file at `out`, committed atomically.
+/// Import `inputs` (in order) into one seed Parquet file at `out`, committed
+/// atomically; on any error the temporary file is removed and `out` is untouched.
 pub fn import(inputs: &[PathBuf], out: &Path, o: &ImportOptions) -> Result<ImportReport> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;

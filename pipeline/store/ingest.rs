@@ -1,14 +1,23 @@
 //! Seed Parquet in: streamed batch by batch, checked file by file and row by row.
 //!
-//! File-level faults (not Parquet, truncated, empty, missing `prompt`, a text
-//! column of a non-text type) are errors naming file and column, raised by
+//! File-level faults (a directory, not Parquet, truncated, empty, a footer
+//! whose row count disagrees with its row groups, missing `prompt`, a column
+//! of a type it cannot hold) are errors naming file and column, raised by
 //! [`Ingest::open`] for *all* inputs before the first row is yielded, so a job
 //! with a bad file writes nothing. Row-level faults become [`Reject`]s with
 //! stage `ingest`; the job goes on. Reject reasons (stable, tests rely on them):
 //! - `null prompt`, `empty prompt` (empty or whitespace only)
 //! - `prompt too long: N chars > budget M chars` / `... N bytes > budget M bytes`
 //! - `invalid UTF-8 in column <col> at byte N` (binary columns)
+//! - `NUL byte in column <col> at byte N` (prompt, system, response: text the
+//!   model reads; a NUL is never meant and chat templates cannot carry it)
 //! - `duplicate id <id> (first seen at input row N)`
+//!
+//! Column types accepted besides `string`: `large_string`, `string_view` and
+//! the binary forms (checked for UTF-8) everywhere; dictionary-encoded text
+//! (pandas categoricals) everywhere; integers for `id` and numbers for
+//! `reference_answer` (as their decimal text); for `meta`, a struct, map or
+//! list (stored as its JSON text).
 //!
 //! Memory is bounded by `batch_size` rows plus 24 bytes per accepted id for
 //! the duplicate check (set `check_duplicates: false` when ids are known unique).
@@ -18,8 +27,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryViewArray, LargeBinaryArray, LargeStringArray, StringArray,
-    StringViewArray,
+    Array, ArrayRef, AsArray, BinaryArray, BinaryViewArray, LargeBinaryArray, LargeStringArray,
+    StringArray, StringViewArray,
 };
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -109,13 +118,184 @@ fn is_text(dt: &DataType) -> bool {
     )
 }
 
+/// Whether seed column `column` can be read from type `dt`, and what it expects otherwise.
+fn accepts(column: &str, dt: &DataType) -> Result<(), &'static str> {
+    let text = |dt: &DataType| match dt {
+        DataType::Dictionary(_, v) => is_text(v),
+        d => is_text(d),
+    };
+    let ok = match column {
+        "id" => text(dt) || dt.is_integer(),
+        "reference_answer" => text(dt) || dt.is_integer() || dt.is_floating(),
+        "meta" => {
+            text(dt)
+                || matches!(
+                    dt,
+                    DataType::Struct(_)
+                        | DataType::Map(..)
+                        | DataType::List(_)
+                        | DataType::LargeList(_)
+                )
+        }
+        _ => text(dt),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match column {
+        "id" => "a string, binary (UTF-8), dictionary-encoded string or integer column",
+        "reference_answer" => {
+            "a string, binary (UTF-8), dictionary-encoded string or number column"
+        }
+        "meta" => "a string, binary (UTF-8), struct, map or list column",
+        _ => "a string or binary (UTF-8) column (dictionary-encoded is fine)",
+    })
+}
+
+/// A column of a batch in a form [`cell`] reads: dictionaries decoded,
+/// numbers as decimal text, nested `meta` as JSON text. Text columns pass as they are.
+fn normalize(a: &ArrayRef) -> std::result::Result<ArrayRef, String> {
+    match a.data_type() {
+        d if is_text(d) => Ok(a.clone()),
+        DataType::Dictionary(_, v) => {
+            let to = if matches!(
+                **v,
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+            ) {
+                DataType::Binary
+            } else {
+                DataType::Utf8
+            };
+            arrow::compute::cast(a, &to).map_err(|e| e.to_string())
+        }
+        DataType::Struct(_) | DataType::Map(..) | DataType::List(_) | DataType::LargeList(_) => {
+            let v: StringArray = (0..a.len())
+                .map(|i| (!a.is_null(i)).then(|| json_of(a.as_ref(), i).to_string()))
+                .collect();
+            Ok(std::sync::Arc::new(v))
+        }
+        _ => arrow::compute::cast(a, &DataType::Utf8).map_err(|e| e.to_string()),
+    }
+}
+
+/// One value of a nested column as JSON (objects for structs and string-keyed maps).
+fn json_of(a: &dyn Array, i: usize) -> serde_json::Value {
+    use serde_json::Value;
+    if a.is_null(i) {
+        return Value::Null;
+    }
+    match a.data_type() {
+        DataType::Boolean => Value::Bool(a.as_boolean().value(i)),
+        DataType::Struct(fields) => {
+            let s = a.as_struct();
+            Value::Object(
+                fields
+                    .iter()
+                    .zip(s.columns())
+                    .map(|(f, c)| (f.name().clone(), json_of(c.as_ref(), i)))
+                    .collect(),
+            )
+        }
+        DataType::List(_) => {
+            let l = a.as_list::<i32>().value(i);
+            Value::Array((0..l.len()).map(|k| json_of(l.as_ref(), k)).collect())
+        }
+        DataType::LargeList(_) => {
+            let l = a.as_list::<i64>().value(i);
+            Value::Array((0..l.len()).map(|k| json_of(l.as_ref(), k)).collect())
+        }
+        DataType::Map(..) => {
+            let m = a.as_map().value(i);
+            let (keys, values) = (m.column(0), m.column(1));
+            let pairs: Vec<(Value, Value)> = (0..m.len())
+                .map(|k| (json_of(keys.as_ref(), k), json_of(values.as_ref(), k)))
+                .collect();
+            if pairs.iter().all(|(k, _)| k.is_string()) {
+                Value::Object(
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), v))
+                        .collect(),
+                )
+            } else {
+                Value::Array(
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| Value::Array(vec![k, v]))
+                        .collect(),
+                )
+            }
+        }
+        d if d.is_integer() || d.is_floating() => {
+            let t = scalar_text(a, i);
+            serde_json::from_str(&t).unwrap_or(Value::String(t))
+        }
+        _ => Value::String(scalar_text(a, i)),
+    }
+}
+
+/// Any scalar as the text arrow's cast gives it (strings, dates, decimals, ...).
+fn scalar_text(a: &dyn Array, i: usize) -> String {
+    let one = a.slice(i, 1);
+    match arrow::compute::cast(&one, &DataType::Utf8) {
+        Ok(s) => s.as_string::<i32>().value(0).to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Seed files up to this size are read into memory before parsing: a
+/// corrupt length in a page header then costs a bounds check instead of
+/// seconds of reads past the end (a 20 KB fuzzed file took 24 s through the
+/// file reader, 2 s from memory). Bigger files are read from disk.
+const IN_MEMORY_BYTES: u64 = 64 << 20;
+
+/// The bytes of one seed file: in memory, or the open file.
+enum Source {
+    Mem(bytes::Bytes),
+    Disk(File),
+}
+
+impl parquet::file::reader::Length for Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Mem(b) => b.len() as u64,
+            Source::Disk(f) => parquet::file::reader::Length::len(f),
+        }
+    }
+}
+
+impl parquet::file::reader::ChunkReader for Source {
+    type T = Box<dyn std::io::Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(match self {
+            Source::Mem(b) => Box::new(b.get_read(start)?),
+            Source::Disk(f) => Box::new(f.get_read(start)?),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        match self {
+            Source::Mem(b) => b.get_bytes(start, length),
+            Source::Disk(f) => f.get_bytes(start, length),
+        }
+    }
+}
+
 struct Pending {
     path: PathBuf,
-    builder: ParquetRecordBatchReaderBuilder<File>,
+    builder: ParquetRecordBatchReaderBuilder<Source>,
 }
 
 /// Open and check one seed file (all file-level checks happen here).
 fn open_file(path: &Path, batch_size: usize) -> Result<Pending> {
+    if path.is_dir() {
+        return Err(StoreError::NotParquet {
+            path: path.to_path_buf(),
+            reason: "is a directory, not a seed Parquet file (list the .parquet files inside it)"
+                .into(),
+        });
+    }
     let file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     if len == 0 {
@@ -124,21 +304,42 @@ fn open_file(path: &Path, batch_size: usize) -> Result<Pending> {
             reason: "empty file (0 bytes)".into(),
         });
     }
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| StoreError::NotParquet {
+    let source = if len <= IN_MEMORY_BYTES {
+        let mut b = Vec::with_capacity(len as usize);
+        use std::io::Read;
+        (&file).read_to_end(&mut b).map_err(io_err(path))?;
+        Source::Mem(bytes::Bytes::from(b))
+    } else {
+        Source::Disk(file)
+    };
+    let builder = guarded(path, || {
+        ParquetRecordBatchReaderBuilder::try_new(source).map_err(|e| StoreError::NotParquet {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        })?;
+        })
+    })?;
+    // The footer's row count sizes buffers: it must agree with its row groups.
+    let md = builder.metadata();
+    let claimed = md.file_metadata().num_rows();
+    let held: i64 = md.row_groups().iter().map(|g| g.num_rows().max(0)).sum();
+    if claimed != held {
+        return Err(StoreError::NotParquet {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the footer says {claimed} rows but its row groups hold {held}: the file is corrupt; write it again"
+            ),
+        });
+    }
     let schema = builder.schema().clone();
     let mut roots = Vec::new();
     for (i, f) in schema.fields().iter().enumerate() {
         if SEED_COLUMNS.contains(&f.name().as_str()) {
-            if !is_text(f.data_type()) {
+            if let Err(expected) = accepts(f.name(), f.data_type()) {
                 return Err(StoreError::WrongType {
                     path: path.to_path_buf(),
                     column: f.name().clone(),
                     found: f.data_type().to_string(),
-                    expected: "a string or binary (UTF-8) column".into(),
+                    expected: expected.into(),
                 });
             }
             roots.push(i);
@@ -156,6 +357,43 @@ fn open_file(path: &Path, batch_size: usize) -> Result<Pending> {
         builder: builder
             .with_projection(mask)
             .with_batch_size(batch_size.max(1)),
+    })
+}
+
+thread_local! {
+    /// Set while a guarded Parquet call runs: its panic is reported as an error, not printed.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run a call into the Parquet/Arrow readers on untrusted bytes. Those
+/// crates assert on some corrupt encodings instead of returning an error
+/// (found by fuzzing: a VLQ longer than 10 bytes, bitmaps shorter than their
+/// row count); a panic there becomes [`StoreError::Read`] naming the file.
+pub(crate) fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = GUARDED.with(|g| g.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    r.unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        Err(StoreError::Read {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the Parquet reader failed on corrupt data ({msg}); the file is corrupt, write it again"
+            ),
+        })
     })
 }
 
@@ -251,8 +489,10 @@ impl Ingest {
         if me.opts.check_duplicates {
             // Sized once from the footers: growing by doubling would briefly
             // hold the old and the new table, the peak of a large ingest.
+            // Bounded, and fallible: a footer is input, not a promise.
             let share = me.total_rows() / me.opts.shard.map_or(1, |s| s.count.max(1) as u64);
-            me.seen.reserve((share + share / 16) as usize);
+            let want = share.saturating_add(share / 16).min(1 << 26) as usize;
+            let _ = me.seen.try_reserve(want);
         }
         Ok(me)
     }
@@ -268,12 +508,23 @@ impl Ingest {
     fn next_batch(&mut self) -> Result<bool> {
         loop {
             if let Some((path, reader)) = &mut self.reader {
-                match reader.next() {
+                let next = guarded(path, || Ok(reader.next()))?;
+                match next {
                     Some(Ok(b)) => {
-                        let cols = SEED_COLUMNS
-                            .iter()
-                            .map(|c| b.column_by_name(c).cloned())
-                            .collect();
+                        let cols = guarded(path, || {
+                            SEED_COLUMNS
+                                .iter()
+                                .map(|c| match b.column_by_name(c) {
+                                    Some(a) => {
+                                        normalize(a).map(Some).map_err(|reason| StoreError::Read {
+                                            path: path.clone(),
+                                            reason: format!("column `{c}`: {reason}"),
+                                        })
+                                    }
+                                    None => Ok(None),
+                                })
+                                .collect::<Result<Vec<_>>>()
+                        })?;
                         self.batch = Some((path.clone(), b.num_rows(), cols));
                         self.row = 0;
                         return Ok(true);
@@ -290,9 +541,12 @@ impl Ingest {
             let Some(p) = self.pending.pop_front() else {
                 return Ok(false);
             };
-            let reader = p.builder.build().map_err(|e| StoreError::Read {
-                path: p.path.clone(),
-                reason: e.to_string(),
+            let path = p.path.clone();
+            let reader = guarded(&path, || {
+                p.builder.build().map_err(|e| StoreError::Read {
+                    path: p.path.clone(),
+                    reason: e.to_string(),
+                })
             })?;
             self.file_row = 0;
             self.reader = Some((p.path, reader));
@@ -360,6 +614,20 @@ impl Ingest {
                 }
             }
         }
+        if reason.is_none() {
+            // Text the model reads: a NUL is never meant, and chat templates cannot carry it.
+            for k in [1usize, 2, 4] {
+                if let Cell::Str(t) = get(k) {
+                    if let Some(at) = t.bytes().position(|b| b == 0) {
+                        reason = Some(format!(
+                            "NUL byte in column {} at byte {at} (remove it from the seed)",
+                            SEED_COLUMNS[k]
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
         if reason.is_none() && self.opts.check_duplicates {
             let h = blake3::hash(seed_id.as_bytes());
             let mut k = [0u8; 16];
@@ -411,7 +679,14 @@ impl Iterator for Ingest {
             }
             // Moved out and back so `row` can borrow self mutably (no copies).
             let (path, n, cols) = self.batch.take()?;
-            let out = self.row(&path, &cols, self.row);
+            let at = self.row;
+            let out = match guarded(&path, || Ok(self.row(&path, &cols, at))) {
+                Ok(o) => o,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            };
             let ordinal = self.ordinal;
             self.row += 1;
             self.ordinal += 1;

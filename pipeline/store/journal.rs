@@ -7,7 +7,12 @@
 //! a crash loses at most one flush of work and never corrupts earlier frames.
 //! On open, a torn or corrupt tail (short frame, bad checksum) is truncated
 //! away: everything after it is redone, which is safe because work is
-//! deterministic.
+//! deterministic. A flush that fails is rolled back to the last good length,
+//! so retrying it never leaves a frame twice (the final shard write drops
+//! repeated row numbers as well). An entry over the frame limit is refused
+//! with [`StoreError::FrameTooLarge`] before anything is written (the worker
+//! turns it into a reject), so no row is ever read back as a torn tail.
+//! The file is opened without following links.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -16,23 +21,36 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::fingerprint::Fingerprint;
+use super::fsio;
+use super::lease::Fence;
 use super::parquet_io::fsync_dir;
 use super::{crash, io_err, Result, ShardSpec, StoreError};
 use crate::record::{Chain, Reject};
 
 pub const JOURNAL_FORMAT: &str = "cotforge-journal/1";
 const HEADER_BYTES: usize = 12;
-/// Frames larger than this are treated as garbage (a torn length field).
-const MAX_FRAME: u32 = 1 << 30;
+/// The largest frame written; larger lengths read back are garbage (a torn length field).
+pub const MAX_FRAME: u32 = 1 << 30;
 
 /// Identifies the job a journal belongs to; a mismatch refuses to resume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JournalHeader {
     pub format: String,
     pub kind: String,
     pub shard: ShardSpec,
-    /// Caller-chosen fingerprint of inputs and settings.
-    pub fingerprint: String,
+    /// What determines the output: settings, seed bytes, model.
+    pub fingerprint: Fingerprint,
+}
+
+impl JournalHeader {
+    /// Whether a journal with header `self` may be resumed by a run with `other`.
+    fn same_job(&self, other: &JournalHeader) -> bool {
+        self.format == other.format
+            && self.kind == other.kind
+            && self.shard == other.shard
+            && self.fingerprint.digest == other.fingerprint.digest
+    }
 }
 
 /// The result of one input row: accepted chains and rejects.
@@ -97,12 +115,14 @@ fn jerr(path: &Path, reason: impl Into<String>) -> StoreError {
 /// Read a journal without changing it (status, final write).
 pub fn read_entries(path: &Path) -> Result<(Option<JournalHeader>, Vec<JournalEntry>)> {
     let mut data = Vec::new();
-    match File::open(path) {
+    match fsio::open_read(path) {
         Ok(mut f) => {
             f.read_to_end(&mut data).map_err(io_err(path))?;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, Vec::new())),
-        Err(e) => return Err(io_err(path)(e)),
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((None, Vec::new()))
+        }
+        Err(e) => return Err(e),
     }
     let (frames, _) = parse_frames(&data);
     let mut it = frames.into_iter();
@@ -148,10 +168,12 @@ pub struct ChainKey {
 /// Stream through a journal once: every valid entry frame with its keys,
 /// holding one payload in memory at a time. The header frame is skipped.
 pub fn scan(path: &Path) -> Result<Vec<(FrameRef, EntryKeys)>> {
-    let f = match File::open(path) {
+    let f = match fsio::open_read(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(path)(e)),
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(e),
     };
     let mut r = std::io::BufReader::with_capacity(1 << 20, f);
     let mut out = Vec::new();
@@ -214,6 +236,10 @@ pub struct Journal {
     last_flush: Instant,
     flush_every: usize,
     flush_interval: Duration,
+    /// Length of the file up to its last durable frame.
+    len: u64,
+    max_frame: usize,
+    fence: Fence,
 }
 
 impl Journal {
@@ -225,13 +251,14 @@ impl Journal {
         flush_every: usize,
         flush_interval: Duration,
     ) -> Result<(Self, Vec<JournalEntry>)> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io_err(path))?;
+        let mut file = fsio::open_nofollow(
+            path,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )?;
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(io_err(path))?;
         let (frames, valid) = parse_frames(&data);
@@ -240,12 +267,26 @@ impl Journal {
         if let Some(h) = frames.first() {
             let found: JournalHeader =
                 serde_json::from_slice(h).map_err(|e| jerr(path, format!("bad header: {e}")))?;
-            if &found != header {
+            if !found.same_job(header) {
+                let mut why = header.fingerprint.changes_since(&found.fingerprint);
+                if found.kind != header.kind || found.shard != header.shard {
+                    why.push(format!(
+                        "it is {} {} (this run: {} {})",
+                        found.kind, found.shard, header.kind, header.shard
+                    ));
+                }
+                if found.format != header.format {
+                    why.push(format!(
+                        "journal format {} (this build: {})",
+                        found.format, header.format
+                    ));
+                }
                 return Err(jerr(
                     path,
                     format!(
-                        "belongs to another job (found {found:?}, this job is {header:?}); \
-                         use a new output directory or remove the shard's files"
+                        "belongs to another job: {}; to keep both, give this job a new `out` \
+                         directory; to redo the shard with the new inputs, remove its files",
+                        why.join("; ")
                     ),
                 ));
             }
@@ -274,6 +315,9 @@ impl Journal {
             last_flush: Instant::now(),
             flush_every: flush_every.max(1),
             flush_interval,
+            len: valid as u64,
+            max_frame: MAX_FRAME as usize,
+            fence: Fence::default(),
         };
         use std::io::Seek;
         j.file
@@ -293,9 +337,27 @@ impl Journal {
         Ok((j, entries))
     }
 
+    /// Refuse entries over `max` bytes (at most [`MAX_FRAME`]); tests use small limits.
+    pub fn set_max_frame(&mut self, max: usize) {
+        self.max_frame = max.min(MAX_FRAME as usize);
+    }
+
+    /// Check `fence` (the lease) before every write.
+    pub fn set_fence(&mut self, fence: Fence) {
+        self.fence = fence;
+    }
+
     /// Queue one entry; written and fsynced at the next flush boundary.
     pub fn append(&mut self, entry: &JournalEntry) -> Result<()> {
         let p = serde_json::to_vec(entry).map_err(|e| jerr(&self.path, e.to_string()))?;
+        if p.len() > self.max_frame {
+            return Err(StoreError::FrameTooLarge {
+                path: self.path.clone(),
+                seed_id: entry.seed_id.clone(),
+                bytes: p.len() as u64,
+                max: self.max_frame as u64,
+            });
+        }
         frame(&p, &mut self.buf);
         self.buffered += 1;
         if self.buffered >= self.flush_every || self.last_flush.elapsed() >= self.flush_interval {
@@ -316,6 +378,26 @@ impl Journal {
     }
 
     fn write_out(&mut self) -> Result<()> {
+        self.fence.check()?;
+        let r = self.write_frames();
+        match r {
+            Ok(()) => {
+                self.len += self.buf.len() as u64;
+                self.buf.clear();
+                Ok(())
+            }
+            Err(e) => {
+                // Cut back to the last durable frame: a retry then writes each
+                // frame once, even when the failed fsync did reach the disk.
+                use std::io::Seek;
+                let _ = self.file.set_len(self.len);
+                let _ = self.file.seek(std::io::SeekFrom::Start(self.len));
+                Err(e)
+            }
+        }
+    }
+
+    fn write_frames(&mut self) -> Result<()> {
         // Two writes so a crash point can sit inside a frame (a torn record).
         let half = self.buf.len() / 2;
         self.file
@@ -328,7 +410,6 @@ impl Journal {
         crash::point("journal.before_fsync");
         self.file.sync_data().map_err(io_err(&self.path))?;
         crash::point("journal.after_fsync");
-        self.buf.clear();
         Ok(())
     }
 }
@@ -344,6 +425,22 @@ mod tests {
             shard: ShardSpec::single(),
             fingerprint: "f".into(),
         }
+    }
+
+    #[test]
+    fn oversized_entry_is_refused_before_writing() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("j.log");
+        let (mut j, _) = Journal::open(&p, &header(), 1, Duration::from_secs(60)).expect("open");
+        j.set_max_frame(64);
+        let mut big = entry(1);
+        big.seed_id = "x".repeat(100);
+        let e = j.append(&big).expect_err("too large");
+        assert!(matches!(e, StoreError::FrameTooLarge { .. }), "{e}");
+        j.append(&entry(2)).expect("small one");
+        drop(j);
+        let (_, e) = read_entries(&p).expect("read");
+        assert_eq!(e, vec![entry(2)]);
     }
 
     fn entry(o: u64) -> JournalEntry {
@@ -401,6 +498,7 @@ mod tests {
         assert_eq!(e.len(), 2);
         let mut other = header();
         other.fingerprint = "g".into();
+        assert!(!other.same_job(&header()));
         let err = Journal::open(&p, &other, 1, Duration::from_secs(60))
             .err()
             .map(|e| e.to_string());

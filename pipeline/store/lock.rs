@@ -1,14 +1,20 @@
-//! One worker per shard: an exclusive `flock` on `lock-IIIII-of-NNNNN.lock`.
+//! One worker per shard (and one finalize per output and per dedup index):
+//! an exclusive `flock` on a lock file such as `lock-IIIII-of-NNNNN.lock`.
 //!
 //! The kernel drops a flock when its holder dies (even by SIGKILL), so a lock
 //! left by a dead process is taken over without guessing from pids; the file
 //! content (pid, hostname) only names the holder in messages and `status`.
-//! On shared storage the file system must honour flock across nodes (NFSv4,
-//! Lustre with `-o flock`, CephFS, GPFS do).
+//! On shared storage flock only excludes across nodes where the file system
+//! honours it (NFSv4 with working `lockd`/NLM, Lustre with `-o flock`, CephFS,
+//! GPFS). It silently locks within one node only on NFS mounted `nolock` or
+//! `local_lock=flock`, on Lustre with `localflock` and on BeeGFS by default:
+//! there the lease beside the lock ([`super::lease`]) keeps a second node off.
+//! Lock files are opened without following links; `status` opens them read-only.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +53,15 @@ pub fn pid_alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Whether flock is missing on this file system (Lustre without `-o flock`,
+/// some FUSE and NFS setups), as opposed to held by someone else.
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS) | Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP)
+    )
+}
+
 fn try_flock(f: &File) -> std::io::Result<bool> {
     // SAFETY: flock on an open descriptor we own.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -68,32 +83,62 @@ fn read_info(f: &mut File) -> Option<LockInfo> {
     serde_json::from_str(&s).ok()
 }
 
-/// Holder of a shard's lock; released (and the file removed) on drop.
+/// Holder of a lock file; released (and the file removed) on drop.
 #[derive(Debug)]
-pub struct ShardLock {
+pub struct FileLock {
     file: File,
     path: PathBuf,
     /// The holder named in the file when we took it over from a dead process.
     pub took_over: Option<LockInfo>,
+    /// False where the file system has no flock: then only the lease excludes,
+    /// also between processes of one host.
+    pub flock_works: bool,
 }
 
-impl ShardLock {
-    /// Take the lock or fail at once with [`StoreError::LockHeld`] naming the holder.
+/// The shard worker's lock.
+pub type ShardLock = FileLock;
+
+impl FileLock {
+    /// Take the lock of a shard or fail at once with [`StoreError::LockHeld`] naming the holder.
     pub fn acquire(path: &Path) -> Result<Self> {
+        Self::acquire_for(path, "shard")
+    }
+
+    /// Take the lock of `what` (named in the error) or fail at once naming the holder.
+    pub fn acquire_for(path: &Path, what: &'static str) -> Result<Self> {
         loop {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(io_err(path))?;
-            if !try_flock(&file).map_err(io_err(path))? {
+            let mut file = super::fsio::open_nofollow(
+                path,
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o644),
+            )?;
+            let locked = match try_flock(&file) {
+                Ok(l) => l,
+                Err(e) if unsupported(&e) => {
+                    tracing::warn!(
+                        "{}: this file system has no flock ({e}); only the lease beside it keeps other workers off",
+                        path.display()
+                    );
+                    return Ok(Self {
+                        file,
+                        path: path.to_path_buf(),
+                        took_over: None,
+                        flock_works: false,
+                    });
+                }
+                Err(e) => return Err(io_err(path)(e)),
+            };
+            if !locked {
                 let holder = read_info(&mut file)
                     .map(|i| i.to_string())
                     .unwrap_or_else(|| "another process (lock file not yet written)".into());
                 return Err(StoreError::LockHeld {
                     path: path.to_path_buf(),
+                    what,
                     holder,
                 });
             }
@@ -125,12 +170,13 @@ impl ShardLock {
                 file,
                 path: path.to_path_buf(),
                 took_over,
+                flock_works: true,
             });
         }
     }
 }
 
-impl Drop for ShardLock {
+impl Drop for FileLock {
     fn drop(&mut self) {
         // Unlink while still holding the flock; see the inode check in acquire.
         let _ = std::fs::remove_file(&self.path);
@@ -141,12 +187,16 @@ impl Drop for ShardLock {
     }
 }
 
-/// Who holds the lock at `path`, if anyone (for `status`). `Ok(None)`: free or absent.
+/// Who holds the lock at `path`, if anyone (for `status`). `Ok(None)`: free or
+/// absent. Opens the file read-only (flock needs no write access), so it works
+/// on a read-only mount and never creates or changes anything.
 pub fn holder(path: &Path) -> Result<Option<LockInfo>> {
-    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+    let mut file = match super::fsio::open_read(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(path)(e)),
+        Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
     };
     if try_flock(&file).map_err(io_err(path))? {
         // SAFETY: unlocking our own descriptor.

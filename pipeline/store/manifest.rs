@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::fingerprint::Fingerprint;
 use super::parquet_io::{commit_bytes, CommittedFile};
-use super::{io_err, Result, ShardSpec, StoreError};
+use super::{fsio, io_err, Result, ShardSpec, StoreError};
 
 pub const MANIFEST_FORMAT: &str = "cotforge-manifest/1";
 pub const MARKER_FORMAT: &str = "cotforge-done/1";
@@ -50,6 +51,9 @@ impl ShardPaths {
     }
     pub fn lock(&self) -> PathBuf {
         self.file("lock", "lock")
+    }
+    pub fn lease(&self) -> PathBuf {
+        self.file("lease", "json")
     }
 }
 
@@ -99,7 +103,7 @@ impl Manifest {
 }
 
 /// The completion marker: the shard is done and these are its totals.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DoneMarker {
     pub format: String,
     pub kind: String,
@@ -111,6 +115,9 @@ pub struct DoneMarker {
     pub rejected: u64,
     /// blake3 of the manifest file as committed.
     pub manifest_blake3: String,
+    /// What the shard was made with (absent in markers of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
 }
 
 /// The job-wide creation time, fixed by the first run that writes `OUT/job.json`.
@@ -119,8 +126,9 @@ pub struct JobFile {
     pub created_at: i64,
 }
 
+/// Read a JSON file of the output directory (a link is refused).
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let b = std::fs::read(path).map_err(io_err(path))?;
+    let b = fsio::read_all(path)?;
     serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
         path: path.to_path_buf(),
         reason: format!("invalid JSON: {e}"),
@@ -159,18 +167,26 @@ pub fn job_created_at(out: &Path, explicit: Option<i64>) -> Result<i64> {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0)
         });
+    fsio::refuse_symlink(&path)?;
     let tmp = out.join(format!(".job.json.{}.tmp", std::process::id()));
     let body =
         serde_json::to_vec_pretty(&JobFile { created_at: ts }).map_err(|e| StoreError::Write {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-    std::fs::write(&tmp, &body).map_err(io_err(&tmp))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    let linked = std::fs::hard_link(&tmp, &path);
+    let written = (|| {
+        use std::io::Write;
+        fsio::remove_if_exists(&tmp)?;
+        let mut f = fsio::open_nofollow(
+            &tmp,
+            std::fs::OpenOptions::new().write(true).create_new(true),
+        )?;
+        f.write_all(&body).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))
+    })();
+    let linked = written.map(|()| std::fs::hard_link(&tmp, &path));
     let _ = std::fs::remove_file(&tmp);
+    let linked = linked?;
     super::parquet_io::fsync_dir(out)?;
     match linked {
         Ok(()) => Ok(ts),

@@ -11,6 +11,7 @@
 //! OUT/shards/<kind>/done-00003-of-00008.json         completion marker (counts)
 //! OUT/shards/<kind>/journal-00003-of-00008.log       append-only journal while running
 //! OUT/shards/<kind>/lock-00003-of-00008.lock         flock'ed lock file (pid + hostname)
+//! OUT/shards/<kind>/lease-00003-of-00008.json        lease beside the lock (host, pid, heartbeat)
 //! ```
 //! `<kind>` is the recipe name (`open_o1`, `marco_cot`, `instruction`) or any
 //! other label a caller chooses (the hidden `shard-worker` uses `scripted`).
@@ -18,9 +19,12 @@
 //! reader can count on them. The journal is deleted once the marker exists.
 
 pub mod crash;
+pub mod fingerprint;
+pub mod fsio;
 pub mod import;
 pub mod ingest;
 pub mod journal;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod parquet_io;
@@ -44,6 +48,20 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path}: no space left on the device; free space and rerun the same command \
+         (committed files and journaled results are kept)"
+    )]
+    DiskFull {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: is a symbolic link; cotforge does not follow links inside its output \
+         (replace it with a real file or directory, or use another output directory)"
+    )]
+    Symlink { path: PathBuf },
     #[error("{path}: not a readable Parquet file ({reason})")]
     NotParquet { path: PathBuf, reason: String },
     #[error("{path}: required column `{column}` is missing")]
@@ -63,10 +81,32 @@ pub enum StoreError {
     Import { path: PathBuf, reason: String },
     #[error("schema: {0}")]
     Schema(String),
-    #[error("{path}: shard is locked by {holder}; another worker is running it")]
-    LockHeld { path: PathBuf, holder: String },
+    #[error("{path}: {what} is locked by {holder}; another worker is running it")]
+    LockHeld {
+        path: PathBuf,
+        /// What the lock guards: `shard`, `the dedup index`, `finalize of this output`.
+        what: &'static str,
+        holder: String,
+    },
+    #[error("{path}: held by a live lease of {holder}; another node is running it (the lease goes stale {ttl} s after its last heartbeat)")]
+    LeaseHeld {
+        path: PathBuf,
+        holder: String,
+        ttl: u64,
+    },
+    #[error("{path}: the lease was taken over by {holder}; this worker stops without committing (the new holder finishes the work)")]
+    LeaseLost { path: PathBuf, holder: String },
+    #[error("{path}: {what}")]
+    Changed { path: PathBuf, what: String },
     #[error("{path}: journal: {reason}")]
     Journal { path: PathBuf, reason: String },
+    #[error("{path}: the result of seed {seed_id} is {bytes} bytes, over the journal's frame limit of {max} bytes")]
+    FrameTooLarge {
+        path: PathBuf,
+        seed_id: String,
+        bytes: u64,
+        max: u64,
+    },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("processor: {0}")]
@@ -75,16 +115,39 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Whether an I/O error means the disk (or the quota) is full.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        if is_disk_full(&source) {
+            StoreError::DiskFull {
+                path: path.to_path_buf(),
+                source,
+            }
+        } else {
+            StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     }
 }
 
-/// blake3 hex digest of a file, streamed.
+/// blake3 hex digest of an input file (seeds, models), streamed.
 pub fn blake3_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let f = std::fs::File::open(path).map_err(io_err(path))?;
+    blake3_of(f, path)
+}
+
+/// blake3 of a file of the output directory: a link there is refused.
+pub fn blake3_output(path: &Path) -> Result<(String, u64)> {
+    blake3_of(fsio::open_read(path)?, path)
+}
+
+fn blake3_of(mut f: std::fs::File, path: &Path) -> Result<(String, u64)> {
     let mut h = blake3::Hasher::new();
     let n = std::io::copy(&mut f, &mut h).map_err(io_err(path))?;
     Ok((h.finalize().to_hex().to_string(), n))

@@ -65,62 +65,46 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// The hidden temporary name used while `path` is being written.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
+use super::fsio::TempPath;
+pub use super::fsio::{commit_bytes, fsync_dir, tmp_path};
+
+/// The full-disk error inside a Parquet error, if it is one (the writer
+/// wraps I/O errors as `External`).
+pub fn disk_full_in(e: &parquet::errors::ParquetError) -> Option<std::io::Error> {
+    let io = match e {
+        parquet::errors::ParquetError::External(b) => b.downcast_ref::<std::io::Error>(),
+        _ => None,
+    }?;
+    super::is_disk_full(io)
+        .then(|| std::io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::ENOSPC)))
 }
 
-/// fsync a directory so renames and creations in it are durable.
-pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
-fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+/// A writer error as a store error; a full disk is named as such.
+fn write_err(path: &Path, e: parquet::errors::ParquetError) -> StoreError {
+    if let Some(source) = disk_full_in(&e) {
+        return StoreError::DiskFull {
+            path: path.to_path_buf(),
+            source,
+        };
+    }
+    StoreError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
     }
 }
 
-/// Rename the fsynced temporary over `path` and make it durable.
-fn finish_commit(tmp: &Path, path: &Path) -> Result<()> {
-    crash::point("commit.before_rename");
-    std::fs::rename(tmp, path).map_err(io_err(path))?;
-    crash::point("commit.before_dirsync");
-    fsync_dir(parent(path))?;
-    crash::point("commit.done");
-    Ok(())
-}
-
-/// Atomically replace `path` with `bytes` (manifests, markers, job files).
-pub fn commit_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    crash::point("commit.before_fsync");
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    finish_commit(&tmp, path)
-}
-
 /// A Parquet file being written; invisible under its final name until [`ParquetSink::commit`].
+/// Dropped without commit (an error anywhere), its temporary file is removed.
 pub struct ParquetSink {
     path: PathBuf,
-    tmp: PathBuf,
+    tmp: TempPath,
     writer: ArrowWriter<Hashing<BufWriter<File>>>,
     rows: u64,
 }
 
 impl ParquetSink {
     pub fn create(path: &Path, schema: SchemaRef, opts: &WriteOptions) -> Result<Self> {
-        let tmp = tmp_path(path);
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let (tmp, file) = TempPath::create(path)?;
         let level = ZstdLevel::try_new(opts.zstd_level).map_err(|e| StoreError::Write {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -136,10 +120,7 @@ impl ParquetSink {
             bytes: 0,
         };
         let writer =
-            ArrowWriter::try_new(out, schema, Some(props)).map_err(|e| StoreError::Write {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+            ArrowWriter::try_new(out, schema, Some(props)).map_err(|e| write_err(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
@@ -149,10 +130,9 @@ impl ParquetSink {
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        self.writer.write(batch).map_err(|e| StoreError::Write {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        self.writer
+            .write(batch)
+            .map_err(|e| write_err(&self.path, e))?;
         self.rows += batch.num_rows() as u64;
         crash::point("commit.batch_written");
         Ok(())
@@ -165,21 +145,16 @@ impl ParquetSink {
     /// Finish the file, fsync, rename into place, fsync the directory.
     pub fn commit(self) -> Result<CommittedFile> {
         let path = self.path;
-        let werr = |e: String| StoreError::Write {
-            path: path.clone(),
-            reason: e,
-        };
-        let hashing = self.writer.into_inner().map_err(|e| werr(e.to_string()))?;
+        let hashing = self.writer.into_inner().map_err(|e| write_err(&path, e))?;
         let Hashing {
             inner,
             hasher,
             bytes,
         } = hashing;
-        let file = inner.into_inner().map_err(|e| werr(e.to_string()))?;
-        crash::point("commit.before_fsync");
-        file.sync_all().map_err(io_err(&self.tmp))?;
-        drop(file);
-        finish_commit(&self.tmp, &path)?;
+        let file = inner
+            .into_inner()
+            .map_err(|e| io_err(&path)(e.into_error()))?;
+        self.tmp.commit(file)?;
         Ok(CommittedFile {
             name: path
                 .file_name()
@@ -206,9 +181,10 @@ pub fn write_parquet(
     sink.commit()
 }
 
-/// Read a whole Parquet file into batches (small files: tests, status, merge of one shard).
+/// Read a whole Parquet file of the output into batches (small files: tests,
+/// status, merge of one shard). A link is refused.
 pub fn read_parquet(path: &Path) -> Result<Vec<RecordBatch>> {
-    let f = File::open(path).map_err(io_err(path))?;
+    let f = super::fsio::open_read(path)?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
         .and_then(|b| b.build())
         .map_err(|e| StoreError::NotParquet {

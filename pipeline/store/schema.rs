@@ -24,6 +24,9 @@ pub const SEEDS_JSON: &str = include_str!("../../schemas/seeds.json");
 pub const CHAINS_JSON: &str = include_str!("../../schemas/chains.json");
 pub const REJECTS_JSON: &str = include_str!("../../schemas/rejects.json");
 pub const SFT_JSON: &str = include_str!("../../schemas/sft.json");
+pub const PREFERENCE_JSON: &str = include_str!("../../schemas/preference.json");
+pub const KTO_JSON: &str = include_str!("../../schemas/kto.json");
+pub const PRM_JSON: &str = include_str!("../../schemas/prm.json");
 
 /// A schema document of `schemas/*.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -147,6 +150,21 @@ pub fn sft_schema() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();
     cached(&S, SFT_JSON)
 }
+/// The preference export's rows; its batches are built against this schema.
+pub fn preference_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    cached(&S, PREFERENCE_JSON)
+}
+/// The KTO export's rows.
+pub fn kto_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    cached(&S, KTO_JSON)
+}
+/// The process-reward export's rows.
+pub fn prm_schema() -> SchemaRef {
+    static S: OnceLock<SchemaRef> = OnceLock::new();
+    cached(&S, PRM_JSON)
+}
 
 fn strs<'a, I: Iterator<Item = &'a str>>(it: I) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(it))
@@ -214,6 +232,9 @@ pub fn chains_to_batch(rows: &[Chain]) -> Result<RecordBatch> {
         Arc::new(Int64Array::from_iter_values(
             rows.iter().map(|r| r.created_at),
         )),
+        Arc::new(rows.iter().map(|r| r.selected).collect::<BooleanArray>()),
+        Arc::new(rows.iter().map(|r| r.value).collect::<Float64Array>()),
+        Arc::new(rows.iter().map(|r| r.agreement).collect::<Float64Array>()),
     ];
     batch(schema, cols)
 }
@@ -265,6 +286,17 @@ pub fn batch_to_chains(b: &RecordBatch) -> Result<Vec<Chain>> {
     let model_blake3 = col::<StringArray>(b, "model_blake3")?;
     let settings = col::<StringArray>(b, "settings")?;
     let created = col::<Int64Array>(b, "created_at")?;
+    // Added after v1 files were written: absent columns read as null.
+    let selected = b
+        .column_by_name("selected")
+        .and_then(|c| c.as_any().downcast_ref::<BooleanArray>());
+    let opt_f64 = |name: &str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+    };
+    let (value, agreement) = (opt_f64("value"), opt_f64("agreement"));
+    let get_f =
+        |a: Option<&Float64Array>, i: usize| a.filter(|a| a.is_valid(i)).map(|a| a.value(i));
     (0..b.num_rows())
         .map(|i| {
             let c = confs.value(i);
@@ -290,6 +322,9 @@ pub fn batch_to_chains(b: &RecordBatch) -> Result<Vec<Chain>> {
                 model_blake3: model_blake3.value(i).into(),
                 settings: settings.value(i).into(),
                 created_at: created.value(i),
+                selected: selected.filter(|a| a.is_valid(i)).map(|a| a.value(i)),
+                value: get_f(value, i),
+                agreement: get_f(agreement, i),
             })
         })
         .collect()

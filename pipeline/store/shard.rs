@@ -76,8 +76,9 @@ fn num(env: &HashMap<String, String>, var: &str) -> Result<Option<u32>, ShardEnv
 }
 
 /// Resolve `--shard-index/--num-shards`, defaulting from the scheduler:
-/// Slurm arrays (`SLURM_ARRAY_TASK_ID` minus `SLURM_ARRAY_TASK_MIN` when set,
-/// so `--array=1-8` works; count `SLURM_ARRAY_TASK_COUNT`) and Kubernetes
+/// Slurm arrays (the index is `SLURM_ARRAY_TASK_ID` itself: `SLURM_ARRAY_TASK_MIN`
+/// is the lowest index of one submission, so subtracting it would send a
+/// resubmitted `--array=2` to shard 0; count `SLURM_ARRAY_TASK_COUNT`) and Kubernetes
 /// Indexed Jobs (`JOB_COMPLETION_INDEX`; the count must be given, e.g. with
 /// `--num-shards` or `COTFORGE_NUM_SHARDS`, since Kubernetes does not export it).
 /// Explicit values win; with nothing set the job is one shard.
@@ -87,14 +88,10 @@ pub fn resolve_shard(
     env: &HashMap<String, String>,
 ) -> Result<ShardSpec, ShardEnvError> {
     let slurm_id = num(env, "SLURM_ARRAY_TASK_ID")?;
-    let slurm_min = num(env, "SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
     let k8s = num(env, "JOB_COMPLETION_INDEX")?;
     let (index, var) = match (index, slurm_id, k8s) {
         (Some(i), _, _) => (i, None),
-        (None, Some(id), _) => (
-            id.saturating_sub(slurm_min),
-            Some("SLURM_ARRAY_TASK_ID".to_string()),
-        ),
+        (None, Some(id), _) => (id, Some("SLURM_ARRAY_TASK_ID".to_string())),
         (None, None, Some(i)) => (i, Some("JOB_COMPLETION_INDEX".to_string())),
         (None, None, None) => (0, None),
     };
@@ -143,15 +140,17 @@ mod tests {
     }
 
     #[test]
-    fn slurm_array_with_offset() {
+    fn slurm_array_task_id_is_the_shard() {
+        // What Slurm sets for `sbatch --array=2` resubmitting shard 2 of a 4-shard job.
         let e = env(&[
-            ("SLURM_ARRAY_TASK_ID", "3"),
-            ("SLURM_ARRAY_TASK_MIN", "1"),
-            ("SLURM_ARRAY_TASK_COUNT", "8"),
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_MIN", "2"),
+            ("SLURM_ARRAY_TASK_MAX", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "1"),
         ]);
         assert_eq!(
-            resolve_shard(None, None, &e),
-            Ok(ShardSpec { index: 2, count: 8 })
+            resolve_shard(None, Some(4), &e),
+            Ok(ShardSpec { index: 2, count: 4 })
         );
         let e = env(&[
             ("SLURM_ARRAY_TASK_ID", "7"),

@@ -1,5 +1,6 @@
 //! `cotforge status` and `cotforge verify`: what a job directory holds, and
-//! whether every committed file is still the file that was committed.
+//! whether every committed file is still the file that was committed. Both
+//! only read: they work on a read-only mount and change nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -9,7 +10,7 @@ use serde::Serialize;
 use super::journal::scan;
 use super::lock::{holder, LockInfo};
 use super::manifest::{parse_shard_name, read_json, DoneMarker, Manifest, ShardPaths};
-use super::{blake3_file, io_err, Result, ShardSpec};
+use super::{blake3_output, io_err, Result, ShardSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -142,7 +143,14 @@ fn shard_report(out: &Path, kind: &str, shard: ShardSpec) -> Result<ShardReport>
             holder: format!("pid {pid} on host {hostname}"),
             seeds: r.seeds,
         },
-        None => ShardStatus::Pending { seeds: r.seeds },
+        // Where flock does not reach across nodes, the lease still shows the holder.
+        None => match super::lease::live_foreign(&p.lease()) {
+            Some(l) => ShardStatus::Running {
+                holder: format!("pid {} on host {} (lease)", l.pid, l.host),
+                seeds: r.seeds,
+            },
+            None => ShardStatus::Pending { seeds: r.seeds },
+        },
     };
     Ok(r)
 }
@@ -205,7 +213,7 @@ pub fn verify(out: &Path) -> Result<VerifyReport> {
             };
             for f in &manifest.files {
                 let path = p.dir.join(&f.name);
-                match blake3_file(&path) {
+                match blake3_output(&path) {
                     Ok((h, n)) => {
                         rep.files_checked += 1;
                         rep.bytes_checked += n;
@@ -229,7 +237,7 @@ pub fn verify(out: &Path) -> Result<VerifyReport> {
             if p.done().exists() {
                 match read_json::<DoneMarker>(&p.done()) {
                     Ok(m) => {
-                        let actual = std::fs::read(&mpath)
+                        let actual = super::fsio::read_all(&mpath)
                             .map(|b| blake3::hash(&b).to_hex().to_string())
                             .unwrap_or_default();
                         if actual != m.manifest_blake3 {

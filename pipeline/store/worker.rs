@@ -2,14 +2,22 @@
 //!
 //! Recipes plug in as a [`Processor`]; the worker owns everything that makes a
 //! rerun of a killed job safe:
-//! 1. take the shard lock (a second worker fails at once naming the holder);
-//! 2. a shard with a completion marker is not redone;
+//! 1. take the shard lock (a second worker fails at once naming the holder)
+//!    and the lease beside it (a live lease of another node is refused; see
+//!    [`super::lease`]); the lease is checked again before every commit;
+//! 2. a shard with a completion marker is not redone, if the marker's
+//!    fingerprint is this run's (else a clear error says what changed);
 //! 3. replay the journal (a torn tail is truncated), skip input rows already
 //!    recorded, process the rest, journaling results (fsync per flush);
 //! 4. when the input is exhausted, build the two shard files *from the
 //!    journal*, sorted, so an interrupted+resumed run and an uninterrupted one
 //!    write the same bytes; files already committed and matching the manifest
 //!    are kept; then the manifest, then the marker; then the journal goes.
+//!    A row number journaled twice is written once.
+//!
+//! One bad seed never stops the shard: a result too large for a journal
+//! frame becomes a reject; a processor error stops it naming the seeds of
+//! the batch (recipes turn per-seed failures into rejects themselves).
 //!
 //! Wiring a recipe (the hidden `shard-worker` command in `cli/store.rs` is a
 //! complete example with the scripted engine and batching):
@@ -37,15 +45,18 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::fingerprint::Fingerprint;
+use super::fsio;
 use super::ingest::{IngestItem, IngestRow};
 use super::journal::{
-    read_entry, scan, FrameRef, Journal, JournalEntry, JournalHeader, JOURNAL_FORMAT,
+    read_entry, scan, FrameRef, Journal, JournalEntry, JournalHeader, JOURNAL_FORMAT, MAX_FRAME,
 };
+use super::lease::{fence_of, Fence, Lease, DEFAULT_TTL_SECONDS};
 use super::lock::ShardLock;
 use super::manifest::{read_json, write_json, DoneMarker, Manifest, ShardPaths, MARKER_FORMAT};
 use super::parquet_io::{tmp_path, write_parquet, CommittedFile, WriteOptions};
 use super::schema::{chains_schema, chains_to_batch, rejects_schema, rejects_to_batch};
-use super::{blake3_file, crash, io_err, Result, ShardSpec, StoreError};
+use super::{blake3_output, crash, io_err, Result, ShardSpec, StoreError};
 use crate::record::{Chain, Reject, Seed};
 use arrow::array::RecordBatch;
 
@@ -91,10 +102,14 @@ pub struct ShardOptions {
     /// Seeds handed to [`Processor::process_batch`] at once.
     pub batch_seeds: usize,
     pub write: WriteOptions,
-    /// Identity of inputs and settings; a journal of another job is refused.
-    pub fingerprint: String,
+    /// Identity of inputs and settings; a journal or marker of another job is refused.
+    pub fingerprint: Fingerprint,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Lease lifetime in seconds (0: no lease, flock only).
+    pub lease_ttl: u64,
+    /// Largest journal entry; a bigger result becomes a reject.
+    pub max_frame: usize,
 }
 
 impl ShardOptions {
@@ -107,8 +122,10 @@ impl ShardOptions {
             flush_interval: Duration::from_secs(5),
             batch_seeds: 16,
             write: WriteOptions::default(),
-            fingerprint: String::new(),
+            fingerprint: Fingerprint::default(),
             progress: false,
+            lease_ttl: DEFAULT_TTL_SECONDS,
+            max_frame: MAX_FRAME as usize,
         }
     }
     pub fn paths(&self) -> ShardPaths {
@@ -145,12 +162,31 @@ where
     P: Processor + ?Sized,
 {
     let paths = opts.paths();
-    std::fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
-    let _lock = ShardLock::acquire(&paths.lock())?;
+    fsio::ensure_dir(
+        &opts.out_dir,
+        &std::path::Path::new("shards").join(&opts.kind),
+    )?;
+    let lock = ShardLock::acquire(&paths.lock())?;
+    let lease = Lease::acquire_with(
+        &paths.lease(),
+        &opts.fingerprint.digest,
+        opts.lease_ttl,
+        lock.flock_works,
+    )?;
+    let fence = fence_of(&lease);
     crash::point("lock.acquired");
 
+    for p in [
+        paths.chains(),
+        paths.rejects(),
+        paths.manifest(),
+        paths.done(),
+        paths.journal(),
+    ] {
+        fsio::refuse_symlink(&p)?;
+    }
     if paths.done().exists() {
-        return already_done(&paths);
+        return already_done(opts, &paths);
     }
     for p in [
         paths.chains(),
@@ -158,10 +194,7 @@ where
         paths.manifest(),
         paths.done(),
     ] {
-        let t = tmp_path(&p);
-        if t.exists() {
-            std::fs::remove_file(&t).map_err(io_err(&t))?;
-        }
+        fsio::remove_if_exists(&tmp_path(&p))?;
     }
 
     let header = JournalHeader {
@@ -176,6 +209,8 @@ where
         opts.flush_every,
         opts.flush_interval,
     )?;
+    journal.set_max_frame(opts.max_frame);
+    journal.set_fence(fence.clone());
     let done: HashMap<u64, String> = done.into_iter().map(|e| (e.ordinal, e.seed_id)).collect();
     let resumed = done.len() as u64;
     if resumed > 0 {
@@ -196,8 +231,54 @@ where
     flushed?;
     drop(journal);
     bar.finish_and_clear();
-    let out = finish(opts, &paths)?;
+    let out = finish(opts, &paths, &fence)?;
+    drop(lease);
+    drop(lock);
     Ok(ShardOutcome { resumed, ..out })
+}
+
+/// Journal `entry`; one too large for a frame is replaced by a reject saying so.
+fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result<()> {
+    match journal.append(&entry) {
+        Err(StoreError::FrameTooLarge { bytes, max, .. }) => {
+            // Keep as much of the seed as fits, so the reject itself is journaled.
+            let keep = (max as usize / 2).min(seed_json.len());
+            let cut = (0..=keep)
+                .rev()
+                .find(|&i| seed_json.is_char_boundary(i))
+                .unwrap_or(0);
+            let row = if cut < seed_json.len() {
+                format!(
+                    "{}… (truncated from {} bytes)",
+                    &seed_json[..cut],
+                    seed_json.len()
+                )
+            } else {
+                seed_json.to_string()
+            };
+            tracing::warn!(
+                "seed {}: result of {bytes} bytes is over the journal's frame limit; rejected",
+                entry.seed_id
+            );
+            journal.append(&JournalEntry {
+                ordinal: entry.ordinal,
+                seed_id: entry.seed_id.clone(),
+                accepted: Vec::new(),
+                rejected: vec![Reject {
+                    seed_id: entry.seed_id,
+                    chain_id: None,
+                    recipe: None,
+                    stage: "store.journal".into(),
+                    reason: format!(
+                        "result too large to journal: {bytes} bytes > frame limit {max} bytes \
+                         (lower the recipe's token budgets or split the seed)"
+                    ),
+                    row,
+                }],
+            })
+        }
+        other => other,
+    }
 }
 
 /// Feed this shard's not-yet-journaled rows to the processor, journaling results.
@@ -236,12 +317,19 @@ where
             continue;
         }
         match item.row {
-            IngestRow::Reject(r) => journal.append(&JournalEntry {
-                ordinal: item.ordinal,
-                seed_id: r.seed_id.clone(),
-                accepted: Vec::new(),
-                rejected: vec![r],
-            })?,
+            IngestRow::Reject(r) => {
+                let row = r.row.clone();
+                append(
+                    journal,
+                    JournalEntry {
+                        ordinal: item.ordinal,
+                        seed_id: r.seed_id.clone(),
+                        accepted: Vec::new(),
+                        rejected: vec![r],
+                    },
+                    &row,
+                )?
+            }
             IngestRow::Seed(s) => {
                 batch.push((item.ordinal, s));
                 if batch.len() >= opts.batch_seeds.max(1) {
@@ -264,9 +352,21 @@ fn run_batch<P: Processor + ?Sized>(
         return Ok(());
     }
     let seeds: Vec<Seed> = batch.iter().map(|(_, s)| s.clone()).collect();
-    let results = processor
-        .process_batch(&seeds)
-        .map_err(StoreError::Processor)?;
+    let results = processor.process_batch(&seeds).map_err(|e| {
+        // Name the seeds the failure happened on; a rerun resumes before them.
+        let ids: Vec<&str> = seeds.iter().map(|s| s.id.as_str()).take(8).collect();
+        let more = if seeds.len() > 8 {
+            format!(" and {} more", seeds.len() - 8)
+        } else {
+            String::new()
+        };
+        StoreError::Processor(format!(
+            "{e} (on seeds {}{more}, input rows {}..={})",
+            ids.join(", "),
+            batch.first().map_or(0, |b| b.0),
+            batch.last().map_or(0, |b| b.0)
+        ))
+    })?;
     if results.len() != seeds.len() {
         return Err(StoreError::Processor(format!(
             "process_batch returned {} results for {} seeds",
@@ -276,23 +376,50 @@ fn run_batch<P: Processor + ?Sized>(
     }
     crash::point("worker.processed");
     for ((ordinal, seed), p) in batch.drain(..).zip(results) {
-        journal.append(&JournalEntry {
-            ordinal,
-            seed_id: seed.id,
-            accepted: p.accepted,
-            rejected: p.rejected,
-        })?;
+        let json = serde_json::to_string(&seed).unwrap_or_default();
+        append(
+            journal,
+            JournalEntry {
+                ordinal,
+                seed_id: seed.id,
+                accepted: p.accepted,
+                rejected: p.rejected,
+            },
+            &json,
+        )?;
     }
     Ok(())
 }
 
-fn already_done(paths: &ShardPaths) -> Result<ShardOutcome> {
-    // A crash after the marker may leave the journal behind; it is no longer needed.
-    let j = paths.journal();
-    if j.exists() {
-        std::fs::remove_file(&j).map_err(io_err(&j))?;
+/// The error for an output made by another configuration: what changed, and how to go on.
+pub fn changed_error(path: &std::path::Path, what: &str, changes: &[String]) -> StoreError {
+    StoreError::Changed {
+        path: path.to_path_buf(),
+        what: format!(
+            "{what} was made by another configuration: {}; to keep both, give this job a new \
+             `out` directory; to redo it with the new inputs, remove the shard's files \
+             (or the whole output directory)",
+            changes.join("; ")
+        ),
     }
+}
+
+fn already_done(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
     let m: DoneMarker = read_json(&paths.done())?;
+    match &m.fingerprint {
+        Some(f) => {
+            let changes = opts.fingerprint.changes_since(f);
+            if !changes.is_empty() {
+                return Err(changed_error(&paths.done(), "this shard", &changes));
+            }
+        }
+        None => tracing::warn!(
+            "{}: marker of an older cotforge without a fingerprint; kept as it is",
+            paths.done().display()
+        ),
+    }
+    // A crash after the marker may leave the journal behind; it is no longer needed.
+    fsio::remove_if_exists(&paths.journal())?;
     let manifest: Manifest = read_json(&paths.manifest())?;
     for f in &manifest.files {
         let p = paths.dir.join(&f.name);
@@ -323,7 +450,7 @@ fn committed(paths: &ShardPaths, manifest: &Manifest, name: &str) -> bool {
     let Some(entry) = manifest.get(name) else {
         return false;
     };
-    matches!(blake3_file(&paths.dir.join(name)), Ok((h, n)) if h == entry.blake3 && n == entry.bytes)
+    matches!(blake3_output(&paths.dir.join(name)), Ok((h, n)) if h == entry.blake3 && n == entry.bytes)
 }
 
 /// Rows of the journal in canonical order, read back lazily: only sort keys
@@ -368,9 +495,21 @@ impl Sorted {
 }
 
 /// Write the shard's files from the journal, then the manifest and the marker.
-fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
+fn finish(opts: &ShardOptions, paths: &ShardPaths, fence: &Fence) -> Result<ShardOutcome> {
     let jpath = paths.journal();
-    let scanned = scan(&jpath)?;
+    let mut scanned = scan(&jpath)?;
+    // A row journaled twice (a flush retried after its fsync did reach the
+    // disk) is written once: the first frame of each row number wins.
+    let mut seen = std::collections::HashSet::with_capacity(scanned.len());
+    let before = scanned.len();
+    scanned.retain(|(_, k)| seen.insert(k.ordinal));
+    if scanned.len() < before {
+        tracing::warn!(
+            "{}: {} row(s) journaled twice; each is written once",
+            jpath.display(),
+            before - scanned.len()
+        );
+    }
     let seeds = scanned.len() as u64;
     // Canonical order: by seed, then chain id (chains) or input position (rejects).
     let mut chain_keys: Vec<(String, String, u64, usize, usize)> = Vec::new();
@@ -390,7 +529,7 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
     let chain_rows: Vec<(usize, usize)> = chain_keys.into_iter().map(|k| (k.3, k.4)).collect();
     let reject_rows: Vec<(usize, usize)> = reject_keys.into_iter().map(|k| (k.2, k.3)).collect();
     let mut sorted = Sorted {
-        file: std::fs::File::open(&jpath).map_err(io_err(&jpath))?,
+        file: fsio::open_read(&jpath)?,
         path: jpath.clone(),
         frames,
         cache: None,
@@ -408,6 +547,7 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
     };
     let chains_name = name(paths.chains());
     if !committed(paths, &manifest, &chains_name) {
+        fence.check()?;
         let f = write_parquet(
             &paths.chains(),
             chains_schema(),
@@ -420,6 +560,7 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
     }
     let rejects_name = name(paths.rejects());
     if !committed(paths, &manifest, &rejects_name) {
+        fence.check()?;
         let f = write_parquet(
             &paths.rejects(),
             rejects_schema(),
@@ -432,6 +573,7 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
     }
     // Canonical manifest bytes regardless of which run committed which file.
     manifest.files.sort_by(|a, b| a.name.cmp(&b.name));
+    fence.check()?;
     let mbytes = write_json(&paths.manifest(), &manifest)?;
     crash::point("marker.before");
     let marker = DoneMarker {
@@ -443,11 +585,13 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths) -> Result<ShardOutcome> {
         accepted: chain_rows.len() as u64,
         rejected: reject_rows.len() as u64,
         manifest_blake3: blake3::hash(&mbytes).to_hex().to_string(),
+        fingerprint: Some(opts.fingerprint.clone()),
     };
+    fence.check()?;
     write_json(&paths.done(), &marker)?;
     crash::point("marker.committed");
     drop(sorted);
-    std::fs::remove_file(&jpath).map_err(io_err(&jpath))?;
+    fsio::remove_if_exists(&jpath)?;
     super::parquet_io::fsync_dir(&paths.dir)?;
     Ok(ShardOutcome {
         state: ShardState::Completed,

@@ -50,6 +50,26 @@ EXPECTED = {
                "system": pa.string()},
     "sharegpt": {"conversations": msg_type("from", "value"), "system": pa.string()},
 }
+MSG = pa.struct([pa.field("role", pa.string(), nullable=False), pa.field("content", pa.string(), nullable=False)])
+# Formats built from the search trees: their own metadata columns, no META.
+TREE = {
+    "preference": {"prompt": msg_type("role", "content"), "chosen": msg_type("role", "content"),
+                   "rejected": msg_type("role", "content"), "chosen_message": MSG, "rejected_message": MSG,
+                   "id": pa.string(), "seed_id": pa.string(), "model": pa.string(),
+                   "chosen_id": pa.string(), "rejected_id": pa.string(), "shared_steps": pa.uint32(),
+                   "chosen_verified": pa.bool_(), "rejected_verified": pa.bool_(),
+                   "chosen_value": pa.float64(), "rejected_value": pa.float64()},
+    "kto": {"prompt": msg_type("role", "content"), "completion": msg_type("role", "content"),
+            "label": pa.bool_(), "conversation": msg_type("role", "content"),
+            "id": pa.string(), "seed_id": pa.string(), "model": pa.string(),
+            "verified": pa.bool_(), "value": pa.float64()},
+    "prm": {"prompt": pa.string(),
+            "completions": pa.list_(pa.field("item", pa.string(), nullable=False)),
+            "labels": pa.list_(pa.field("item", pa.bool_(), nullable=False)),
+            "values": pa.list_(pa.field("item", pa.float64(), nullable=False)),
+            "visits": pa.list_(pa.field("item", pa.uint32(), nullable=False)),
+            "id": pa.string(), "seed_id": pa.string(), "model": pa.string(), "verified": pa.bool_()},
+}
 
 
 def fail(msg):
@@ -70,6 +90,10 @@ def front_matter(path):
 
 
 def assistant_text(fmt, row):
+    if fmt == "preference":
+        return row["chosen"][0]["content"]
+    if fmt == "kto":
+        return row["completion"][0]["content"]
     if fmt == "messages":
         return row["messages"][-1]["content"]
     if fmt == "sharegpt":
@@ -96,7 +120,7 @@ def check_style(style, text, rid):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
-    ap.add_argument("--format", required=True, choices=sorted(EXPECTED))
+    ap.add_argument("--format", required=True, choices=sorted(EXPECTED) + sorted(TREE))
     ap.add_argument("--style", required=True, choices=["marco", "think", "plain"])
     ap.add_argument("--row-group-rows", type=int, default=1000)
     ap.add_argument("--expect-rows", type=int)
@@ -125,8 +149,11 @@ def main():
           f"stray files in data/: {all_on_disk}")
     check("train" in data_files, "no train split")
 
-    expected = dict(EXPECTED[a.format])
-    expected.update(META)
+    if a.format in TREE:
+        expected = dict(TREE[a.format])
+    else:
+        expected = dict(EXPECTED[a.format])
+        expected.update(META)
     ids = set()
     total = 0
     for split, files in data_files.items():
@@ -156,7 +183,10 @@ def main():
                     check(all(m["content"].strip() for m in row["messages"]), f"{row['id']}: empty message")
                 if a.format == "sharegpt":
                     check([m["from"] for m in row["conversations"]] == ["human", "gpt"], "sharegpt roles")
-                check_style(a.style, assistant_text(a.format, row), row["id"])
+                if a.format == "preference":
+                    check_style(a.style, row["rejected"][0]["content"], row["id"])
+                if a.format != "prm":
+                    check_style(a.style, assistant_text(a.format, row), row["id"])
         check(rows == split_counts[split], f"split {split}: {rows} rows, card says {split_counts[split]}")
         check(f"| {split} | {rows} |" in body, f"card body has no row count for {split}")
         total += rows
@@ -165,7 +195,10 @@ def main():
 
     # LLaMA-Factory entries
     info = json.load(open(os.path.join(d, "dataset_info.json"), encoding="utf-8"))
-    check(info, "empty dataset_info.json")
+    if a.format == "prm":
+        check(info == {}, f"prm: LLaMA-Factory has no PRM format, dataset_info.json should be {{}}: {info}")
+    else:
+        check(info, "empty dataset_info.json")
     covered = set()
     for key, entry in info.items():
         f = os.path.join(d, entry["file_name"])
@@ -175,7 +208,23 @@ def main():
         check(set(entry["columns"].values()) <= names, f"dataset_info {key}: columns {entry['columns']}")
         want = "alpaca" if a.format in ("alpaca", "prompt-completion") else "sharegpt"
         check(entry["formatting"] == want, f"dataset_info {key}: formatting {entry['formatting']}")
-        if want == "sharegpt":
+        if a.format == "preference":
+            check(entry.get("ranking") is True, f"dataset_info {key}: ranking {entry.get('ranking')}")
+            first = pq.ParquetFile(f).read().to_pylist()[0]
+            tags = entry["tags"]
+            for k in ("chosen", "rejected"):
+                m = first[entry["columns"][k]]
+                check(isinstance(m, dict) and m[tags["role_tag"]] == tags["assistant_tag"],
+                      f"dataset_info {key}: {k} column is not one assistant message: {m!r}")
+            prompt_roles = [m[tags["role_tag"]] for m in first[entry["columns"]["messages"]]]
+            check(prompt_roles[-1] == tags["user_tag"] and len([r for r in prompt_roles if r != tags["system_tag"]]) % 2 == 1,
+                  f"dataset_info {key}: ranking prompt roles {prompt_roles}")
+        elif a.format == "kto":
+            first = pq.ParquetFile(f).read().to_pylist()[0]
+            check(isinstance(first[entry["columns"]["kto_tag"]], bool), f"dataset_info {key}: kto_tag")
+            roles = [m["role"] for m in first[entry["columns"]["messages"]]]
+            check(roles[-1] == "assistant", f"dataset_info {key}: kto messages end with {roles[-1]}")
+        elif want == "sharegpt":
             tags = entry["tags"]
             col = entry["columns"]["messages"]
             first = pq.ParquetFile(f).read().column(col)[0].as_py()
@@ -183,8 +232,9 @@ def main():
             check({tags["user_tag"], tags["assistant_tag"]} <= roles | {tags.get("system_tag")},
                   f"dataset_info {key}: tags {tags} vs roles {roles}")
             check(all(tags["content_tag"] in m for m in first), f"dataset_info {key}: content_tag")
-    check(covered == {os.path.abspath(f) for fs in data_files.values() for f in fs},
-          "dataset_info.json does not cover every data file")
+    if a.format != "prm":
+        check(covered == {os.path.abspath(f) for fs in data_files.values() for f in fs},
+              "dataset_info.json does not cover every data file")
 
     # datasets, with explicit data_files and through the card's configs
     with tempfile.TemporaryDirectory() as cache:

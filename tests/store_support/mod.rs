@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{Field, Schema};
 use cotforge::record::Seed;
 use cotforge::store::parquet_io::{read_parquet, write_parquet, WriteOptions};
 use cotforge::store::schema::{batch_to_chains, batch_to_rejects, seeds_schema, seeds_to_batch};
@@ -97,6 +99,45 @@ pub fn write_seeds(path: &Path, seeds: &[Seed]) {
         },
     )
     .expect("write seeds");
+}
+
+/// The committed scripted job (`data/jobs/scripted.toml`) with `out` set,
+/// seed paths made absolute and each `(from, to)` edit applied (each must match).
+pub fn scripted_job(dir: &Path, name: &str, out: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut text = std::fs::read_to_string(Path::new(root).join("data/jobs/scripted.toml"))
+        .expect("scripted job")
+        .replace(
+            "out = \"out/scripted\"",
+            &format!("out = {:?}", out.display().to_string()),
+        )
+        .replace("\"data/seeds/", &format!("\"{root}/data/seeds/"));
+    for (from, to) in edits {
+        assert!(
+            text.contains(from),
+            "the scripted job changed shape: {from}"
+        );
+        text = text.replace(from, to);
+    }
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).expect("write job");
+    p
+}
+
+/// A Parquet file with exactly these columns (all nullable).
+pub fn write_cols(path: &Path, cols: Vec<(&str, ArrayRef)>) {
+    let schema = std::sync::Arc::new(Schema::new(
+        cols.iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(schema.clone(), cols.into_iter().map(|c| c.1).collect())
+        .expect("batch");
+    write_parquet(path, schema, [Ok(batch)], &WriteOptions::default()).expect("write");
+}
+
+pub fn strs(v: &[Option<&str>]) -> ArrayRef {
+    std::sync::Arc::new(v.iter().copied().collect::<StringArray>())
 }
 
 pub fn worker(seeds: &Path, out: &Path, index: u32, count: u32) -> Command {

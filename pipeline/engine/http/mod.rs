@@ -1172,6 +1172,9 @@ impl Engine for HttpEngine {
     fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>> {
         self.vocab.tokenize(text, add_special)
     }
+    fn tokenize_plain(&self, text: &str) -> Result<Vec<Token>> {
+        self.vocab.tokenize_plain(text)
+    }
     fn detokenize(&self, tokens: &[Token]) -> Result<String> {
         let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.vocab.piece(t)).collect();
         Ok(String::from_utf8_lossy(&bytes).into_owned())

@@ -196,6 +196,22 @@ impl Vocab {
         }
     }
 
+    /// Seed or model text: control-token strings stay plain text, no BOS
+    /// (see [`crate::engine::Engine::tokenize_plain`]).
+    pub fn tokenize_plain(&self, text: &str) -> Result<Vec<Token>> {
+        match &self.tokenizer {
+            Tokenizer::Server(ep) => {
+                let req = serde_json::json!({"content": text, "add_special": false, "parse_special": false});
+                let r: api::TokenizeResponse<Token> = ep
+                    .post("/tokenize", &req, 0, None)
+                    .map_err(|e| EngineError::Tokenize(format!("{} /tokenize: {e}", ep.url)))?;
+                Ok(r.tokens)
+            }
+            #[cfg(feature = "llama")]
+            Tokenizer::Gguf(e) => super::super::Engine::tokenize_plain(e.as_ref(), text),
+        }
+    }
+
     pub fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
         match &self.tokenizer {
             Tokenizer::Server(ep) => {
