@@ -18,11 +18,13 @@ FORMAT is messages, preference, kto or prm. For every export:
 The tokenizer is transformers' GGUF tokenizer (vocabulary, merges, special
 tokens and chat template converted from the file by
 transformers.integrations.gguf). AutoTokenizer.from_pretrained(dir,
-gguf_file=...) needs torch (transformers' GGUF metadata reader imports it;
-only tensor loading uses it); without torch, the metadata reader alone is
-provided by llama.cpp's `gguf` package and the tokenizer is loaded with
-PreTrainedTokenizerFast.from_pretrained(dir, gguf_file=...), the same
-conversion. The path taken is printed.
+gguf_file=...) needs torch in every transformers release (checked: 4.46.3,
+4.57.6, 5.24.0; the GGUF metadata reader imports it, only tensor loading uses
+it), and PyPI's torch for x86-64 is the CUDA build (GBs). Without torch, the
+metadata reader alone is provided by llama.cpp's `gguf` package and the
+tokenizer is loaded with PreTrainedTokenizerFast.from_pretrained(dir,
+gguf_file=...), the same conversion. With torch installed, both load and every
+row must render and tokenize identically with both. The path taken is printed.
 Exits non-zero with a message on the first failed check.
 """
 
@@ -75,21 +77,43 @@ def gguf_metadata(path, string_arrays=()):
     return md, tuple(t.name for t in r.tensors)
 
 
+def torch_free_tokenizer(d, name):
+    """transformers' GGUF tokenizer conversion, its metadata read by gguf-py."""
+    from transformers import PreTrainedTokenizerFast
+
+    real = sys.modules.get("transformers.integrations.gguf.reader")
+    shim = types.ModuleType("transformers.integrations.gguf.reader")
+    shim.read_gguf_metadata = gguf_metadata
+    sys.modules[shim.__name__] = shim
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(d, gguf_file=name)
+    finally:
+        if real is not None:
+            sys.modules[shim.__name__] = real
+        else:
+            del sys.modules[shim.__name__]
+
+
 def load_tokenizer(gguf_path):
+    """(tokenizer, how, twin): with torch, AutoTokenizer's tokenizer and the
+    torch-free one as its twin (every rendered row must tokenize the same with
+    both: the proof that the torch-free path CI takes is transformers' own)."""
     d, name = os.path.split(os.path.abspath(gguf_path))
     try:
         import torch  # noqa: F401
     except ImportError:
-        from transformers import PreTrainedTokenizerFast
-
-        shim = types.ModuleType("transformers.integrations.gguf.reader")
-        shim.read_gguf_metadata = gguf_metadata
-        sys.modules[shim.__name__] = shim
         how = "PreTrainedTokenizerFast.from_pretrained(gguf_file=...), gguf-py metadata (no torch)"
-        return PreTrainedTokenizerFast.from_pretrained(d, gguf_file=name), how
+        return torch_free_tokenizer(d, name), how, None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(d, gguf_file=name), "AutoTokenizer.from_pretrained(gguf_file=...)"
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
+    twin = torch_free_tokenizer(d, name)
+    check(tok.get_vocab() == twin.get_vocab(), "AutoTokenizer and the torch-free path: vocabularies differ")
+    check(tok.chat_template == twin.chat_template, "AutoTokenizer and the torch-free path: chat templates differ")
+    check(tok.all_special_tokens == twin.all_special_tokens,
+          "AutoTokenizer and the torch-free path: special tokens differ")
+    how = "AutoTokenizer.from_pretrained(gguf_file=...), checked row by row against the torch-free path"
+    return tok, how, twin
 
 
 def load(d):
@@ -111,10 +135,17 @@ def in_order(text, parts, rid):
         at = i + len(p)
 
 
-def check_conversational(fmt, row, tok):
+def check_conversational(fmt, row, tok, twin=None):
     rid = row["id"]
     check(is_conversational(row), f"{rid}: not conversational for TRL")
     out = maybe_apply_chat_template(row, tok)
+    if twin is not None:
+        other = maybe_apply_chat_template(row, twin)
+        check(other == out, f"{rid}: rendered differently by the torch-free tokenizer")
+        for k, v in out.items():
+            if isinstance(v, str):
+                check(tok(v)["input_ids"] == twin(v)["input_ids"],
+                      f"{rid}: {k} tokenizes differently with the torch-free tokenizer")
     if fmt == "messages":
         text = out["text"]
         in_order(text, [m["content"] for m in row["messages"]], rid)
@@ -163,7 +194,7 @@ def main():
     ap.add_argument("--prm-threshold", type=float, default=0.0)
     ap.add_argument("exports", nargs="+", metavar="FORMAT=DIR")
     a = ap.parse_args()
-    tok, how = load_tokenizer(a.gguf)
+    tok, how, twin = load_tokenizer(a.gguf)
     check(tok.chat_template, f"{a.gguf}: no chat template")
     print(f"check_trl: tokenizer {type(tok).__name__} via {how}, {len(tok)} tokens")
     for spec in a.exports:
@@ -176,7 +207,7 @@ def main():
                 if fmt == "prm":
                     check_prm(row, a.prm_threshold)
                 else:
-                    check_conversational(fmt, row, tok)
+                    check_conversational(fmt, row, tok, twin)
                 n += 1
         check(n > 0, f"{fmt}: {d} has no rows")
         print(f"check_trl: OK {fmt}: {n} rows in splits {sorted(splits)}")
