@@ -1052,7 +1052,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             let seeds = d.join("s.parquet");
             write_seeds(&seeds, &synthetic_seeds(4));
             let out = d.join("out");
-            let dir = out.join("shards/scripted");
+            let dir = out.join("shards/instruction");
             std::fs::create_dir_all(&dir).expect("mkdir");
             let victim = d.join("victim.txt");
             std::fs::write(&victim, "precious").expect("write");
@@ -1088,7 +1088,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             let seeds = d.join("s.parquet");
             write_seeds(&seeds, &synthetic_seeds(4));
             let out = d.join("out");
-            let dir = out.join("shards/scripted");
+            let dir = out.join("shards/instruction");
             std::fs::create_dir_all(&dir).expect("mkdir");
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -26,7 +26,7 @@ fn second_worker_on_a_shard_exits_naming_the_holder() {
         .stderr(Stdio::piped());
     let a = a.spawn().expect("spawn a");
     let pid = a.id();
-    let lock = out.join("shards/scripted/lock-00001-of-00002.lock");
+    let lock = out.join("shards/instruction/lock-00001-of-00002.lock");
     let t0 = Instant::now();
     while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains(&format!("\"pid\":{pid}"))) {
         assert!(
@@ -57,7 +57,7 @@ fn second_worker_on_a_shard_exits_naming_the_holder() {
         "shard-00001-of-00002.parquet",
         "rejected-00001-of-00002.parquet",
     ] {
-        let p = format!("shards/scripted/{f}");
+        let p = format!("shards/instruction/{f}");
         assert_eq!(
             std::fs::read(out.join(&p)).expect("out"),
             std::fs::read(reference.join(&p)).expect("ref"),
@@ -185,7 +185,7 @@ fn verify_and_status_catch_tampering() {
     );
     assert!(cli(&["verify", o]).status.success());
 
-    let victim = out.join("shards/scripted/rejected-00001-of-00003.parquet");
+    let victim = out.join("shards/instruction/rejected-00001-of-00003.parquet");
     let mut b = std::fs::read(&victim).expect("read");
     b[10] ^= 1;
     std::fs::write(&victim, &b).expect("write");

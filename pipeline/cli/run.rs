@@ -88,6 +88,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         shard,
         cancel,
         progress: !a.no_progress && std::io::stderr().is_terminal(),
+        metrics: true,
     };
     match run_job(&job, &opts) {
         Ok(s) => {
@@ -126,7 +127,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// A lock or lease held by another worker exits 75 (EX_TEMPFAIL: try again
 /// later); any other error is returned.
-fn held_or(e: RecipeError) -> anyhow::Result<ExitCode> {
+pub(crate) fn held_or(e: RecipeError) -> anyhow::Result<ExitCode> {
     use crate::store::StoreError;
     match e {
         RecipeError::Store(e @ (StoreError::LockHeld { .. } | StoreError::LeaseHeld { .. })) => {

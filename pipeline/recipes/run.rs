@@ -59,6 +59,9 @@ pub struct RunOptions {
     pub cancel: Cancel,
     /// Draw progress bars (else periodic log lines).
     pub progress: bool,
+    /// Write `OUT/metrics/run-*/metrics.jsonl` samples (the hidden
+    /// `shard-worker` does not, so its output holds only what it made).
+    pub metrics: bool,
 }
 
 /// What a run did, per recipe and shard.
@@ -323,18 +326,23 @@ impl ShardRun<'_> {
                 .out
                 .join("metrics")
                 .join(format!("run-{}-{}", run_id, shard.suffix()));
-        let metrics = fsio::ensure_dir(
-            &job.file.out,
-            &Path::new("metrics").join(format!("run-{}-{}", run_id, shard.suffix())),
-        )
-        .ok()
-        .and_then(|_| {
-            fsio::open_nofollow(
-                &metrics_dir.join("metrics.jsonl"),
-                std::fs::OpenOptions::new().create(true).append(true),
-            )
-            .ok()
-        });
+        let metrics = opts
+            .metrics
+            .then(|| {
+                fsio::ensure_dir(
+                    &job.file.out,
+                    &Path::new("metrics").join(format!("run-{}-{}", run_id, shard.suffix())),
+                )
+                .ok()
+                .and_then(|_| {
+                    fsio::open_nofollow(
+                        &metrics_dir.join("metrics.jsonl"),
+                        std::fs::OpenOptions::new().create(true).append(true),
+                    )
+                    .ok()
+                })
+            })
+            .flatten();
         let cancel = opts.cancel.clone();
         let seeds = Ingest::open(&r.spec.seeds, ingest_options(job, shard))?.take_while(within);
         let label = format!("{kind} {shard}");

@@ -14,7 +14,7 @@
 //! OUT/shards/<kind>/lease-00003-of-00008.json        lease beside the lock (host, pid, heartbeat)
 //! ```
 //! `<kind>` is the recipe name (`open_o1`, `marco_cot`, `instruction`) or any
-//! other label a caller chooses (the hidden `shard-worker` uses `scripted`).
+//! other label a caller chooses.
 //! A shard's two Parquet files are always written, even when empty, so a
 //! reader can count on them. The journal is deleted once the marker exists.
 

@@ -19,8 +19,7 @@
 //! frame becomes a reject; a processor error stops it naming the seeds of
 //! the batch (recipes turn per-seed failures into rejects themselves).
 //!
-//! Wiring a recipe (the hidden `shard-worker` command in `cli/store.rs` is a
-//! complete example with the scripted engine and batching):
+//! Wiring a recipe (`recipes::run` wires the real ones; this is the minimum):
 //! ```no_run
 //! use cotforge::record::{Chain, Seed};
 //! use cotforge::store::shard::resolve_shard;
