@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use cotforge::record::{Chain, Reject, Seed};
 use cotforge::store::worker::ShardState;
-use cotforge::store::{run_shard, Ingest, IngestOptions, Processed, ShardOptions, ShardSpec};
+use cotforge::store::{
+    run_shard, Ingest, IngestOptions, ProcessError, Processed, Processor, ShardOptions, ShardSpec,
+    StoreError,
+};
 use store_support::*;
 
 #[test]
@@ -165,6 +168,51 @@ fn processor_failure_resumes_without_redoing_work() {
     o.fingerprint = "different".into();
     let e = run_shard(&o, ingest(), &mut |s: &Seed| Ok(chain_for(s))).expect_err("mismatch");
     assert!(e.to_string().contains("belongs to another job"), "{e}");
+}
+
+/// A processor that drops the last seed of its third batch.
+struct Short(usize);
+
+impl Processor for Short {
+    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
+        self.0 += 1;
+        let n = if self.0 == 3 {
+            seeds.len() - 1
+        } else {
+            seeds.len()
+        };
+        Ok(seeds[..n].iter().map(chain_for).collect())
+    }
+}
+
+#[test]
+fn a_short_batch_is_an_error_and_loses_nothing() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let seeds = d.path().join("seeds.parquet");
+    write_seeds(&seeds, &synthetic_seeds(20));
+    let ingest = || Ingest::open(&[&seeds], IngestOptions::default()).expect("open");
+    let mut o = ShardOptions::new(d.path().join("out"), "test", ShardSpec::single());
+    o.batch_seeds = 4;
+    o.fingerprint = "fp".into();
+    let e = run_shard(&o, ingest(), &mut Short(0)).expect_err("a short batch must fail");
+    assert!(
+        matches!(
+            &e,
+            StoreError::Processor {
+                error: ProcessError::Short { got: 3, want: 4 },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("input rows 8..=11"), "{e}");
+    // The two whole batches before it are journaled: the rerun resumes after them.
+    let r = run_shard(&o, ingest(), &mut Short(10)).expect("resume");
+    assert_eq!((r.seeds, r.resumed), (20, 8), "{r:?}");
+    let mut clean = o.clone();
+    clean.out_dir = d.path().join("clean");
+    run_shard(&clean, ingest(), &mut |s: &Seed| Ok(chain_for(s))).expect("clean");
+    assert_eq!(tree(&o.out_dir), tree(&clean.out_dir));
 }
 
 #[test]

@@ -41,7 +41,7 @@ use crate::store::schema::{
     rejects_to_batch,
 };
 use crate::store::worker::{
-    changed_error, run_shard, Processed, Processor, ShardOptions, ShardOutcome,
+    changed_error, run_shard, ProcessError, Processed, Processor, ShardOptions, ShardOutcome,
 };
 use crate::store::{crash, fsio, ShardSpec};
 
@@ -155,13 +155,9 @@ impl ProgressState {
 struct WithProgress<'a, P>(&'a mut P, ProgressState, Cancel);
 
 impl<P: Processor + EngineTokens> Processor for WithProgress<'_, P> {
-    fn process(&mut self, seed: &Seed) -> Result<Processed, String> {
-        self.process_batch(std::slice::from_ref(seed))
-            .map(|mut v| v.pop().unwrap_or_default())
-    }
-    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
+    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
         if self.2.is_set() {
-            return Err(RecipeError::Interrupted.to_string());
+            return Err(ProcessError::Cancelled);
         }
         let r = self.0.process_batch(seeds)?;
         self.1.update(&r, self.0.engine_tokens());
@@ -401,11 +397,10 @@ impl ShardRun<'_> {
             }
         };
         match outcome {
-            Err(crate::store::StoreError::Processor(m))
-                if opts.cancel.is_set() || m.contains("interrupted") =>
-            {
-                Err(RecipeError::Interrupted)
-            }
+            Err(crate::store::StoreError::Processor {
+                error: ProcessError::Cancelled,
+                ..
+            }) => Err(RecipeError::Interrupted),
             other => Ok(other?),
         }
     }

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 pub use ingest::{Ingest, IngestItem, IngestOptions, IngestRow};
 pub use shard::{shard_of, ShardSpec};
-pub use worker::{run_shard, Processed, Processor, ShardOptions, ShardOutcome};
+pub use worker::{run_shard, ProcessError, Processed, Processor, ShardOptions, ShardOutcome};
 
 /// Errors of the data plane. Every variant names the file it is about.
 #[derive(Debug, thiserror::Error)]
@@ -109,8 +109,13 @@ pub enum StoreError {
     },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("processor: {0}")]
-    Processor(String),
+    /// The processor failed on a batch (`on` names its seeds and rows).
+    #[error("processor: {error} ({on})")]
+    Processor {
+        #[source]
+        error: worker::ProcessError,
+        on: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -66,24 +66,61 @@ pub struct Processed {
     pub rejected: Vec<Reject>,
 }
 
-/// A recipe as the worker sees it. Must be deterministic: same seed, same result.
-pub trait Processor {
-    /// Process one seed. An `Err` stops the shard (work done so far is kept).
-    fn process(&mut self, seed: &Seed) -> std::result::Result<Processed, String>;
+/// A boxed error of the layer below (engine, search, ...), kept as its source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-    /// Process several seeds at once (recipes override this to put many
-    /// seeds' sequences into one decode batch). Returns one result per seed, in order.
-    fn process_batch(&mut self, seeds: &[Seed]) -> std::result::Result<Vec<Processed>, String> {
-        seeds.iter().map(|s| self.process(s)).collect()
+/// Why a processor returned no results for a batch. Every variant stops the
+/// shard (work journaled so far is kept; a rerun resumes before the batch):
+/// a failure that belongs to one seed's *input* is not an error but a reject.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The run was cancelled (a signal) before the batch.
+    #[error("interrupted by a signal")]
+    Cancelled,
+    /// The engine failed on this seed for a reason that is not the seed's
+    /// (a backend error); the seed is named so a rerun can be checked.
+    #[error("engine failed on seed {seed_id}: {source}")]
+    Seed {
+        seed_id: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The engine or the recipe failed as a whole.
+    #[error("{0}")]
+    Fatal(BoxError),
+    /// A processor broke its contract: not one result per seed, in order.
+    #[error("process_batch returned {got} results for {want} seeds")]
+    Short { got: usize, want: usize },
+}
+
+impl From<String> for ProcessError {
+    fn from(s: String) -> Self {
+        ProcessError::Fatal(s.into())
     }
 }
 
+/// A recipe as the worker sees it. Must be deterministic: same seed, same result.
+pub trait Processor {
+    /// Process a batch of seeds at once (recipes put many seeds' sequences
+    /// into one decode batch). Returns one result per seed, in order; fewer
+    /// is an error ([`ProcessError::Short`]), never an empty result.
+    fn process_batch(
+        &mut self,
+        seeds: &[Seed],
+    ) -> std::result::Result<Vec<Processed>, ProcessError>;
+}
+
+/// A closure over one seed is a processor (tests, small tools); its `Err`
+/// is a [`ProcessError::Fatal`].
 impl<F> Processor for F
 where
     F: FnMut(&Seed) -> std::result::Result<Processed, String>,
 {
-    fn process(&mut self, seed: &Seed) -> std::result::Result<Processed, String> {
-        self(seed)
+    fn process_batch(
+        &mut self,
+        seeds: &[Seed],
+    ) -> std::result::Result<Vec<Processed>, ProcessError> {
+        seeds.iter().map(|s| self(s).map_err(Into::into)).collect()
     }
 }
 
@@ -351,28 +388,36 @@ fn run_batch<P: Processor + ?Sized>(
         return Ok(());
     }
     let seeds: Vec<Seed> = batch.iter().map(|(_, s)| s.clone()).collect();
-    let results = processor.process_batch(&seeds).map_err(|e| {
-        // Name the seeds the failure happened on; a rerun resumes before them.
-        let ids: Vec<&str> = seeds.iter().map(|s| s.id.as_str()).take(8).collect();
-        let more = if seeds.len() > 8 {
-            format!(" and {} more", seeds.len() - 8)
-        } else {
-            String::new()
-        };
-        StoreError::Processor(format!(
-            "{e} (on seeds {}{more}, input rows {}..={})",
-            ids.join(", "),
-            batch.first().map_or(0, |b| b.0),
-            batch.last().map_or(0, |b| b.0)
-        ))
-    })?;
-    if results.len() != seeds.len() {
-        return Err(StoreError::Processor(format!(
-            "process_batch returned {} results for {} seeds",
-            results.len(),
-            seeds.len()
-        )));
-    }
+    let results = processor
+        .process_batch(&seeds)
+        .and_then(|r| {
+            if r.len() == seeds.len() {
+                Ok(r)
+            } else {
+                Err(ProcessError::Short {
+                    got: r.len(),
+                    want: seeds.len(),
+                })
+            }
+        })
+        .map_err(|error| {
+            // Name the seeds the failure happened on; a rerun resumes before them.
+            let ids: Vec<&str> = seeds.iter().map(|s| s.id.as_str()).take(8).collect();
+            let more = if seeds.len() > 8 {
+                format!(" and {} more", seeds.len() - 8)
+            } else {
+                String::new()
+            };
+            StoreError::Processor {
+                error,
+                on: format!(
+                    "on seeds {}{more}, input rows {}..={}",
+                    ids.join(", "),
+                    batch.first().map_or(0, |b| b.0),
+                    batch.last().map_or(0, |b| b.0)
+                ),
+            }
+        })?;
     crash::point("worker.processed");
     for ((ordinal, seed), p) in batch.drain(..).zip(results) {
         let json = serde_json::to_string(&seed).unwrap_or_default();
