@@ -188,12 +188,8 @@ impl Processor for Short {
 #[test]
 fn a_short_batch_is_an_error_and_loses_nothing() {
     let d = tempfile::tempdir().expect("tempdir");
-    let seeds = d.path().join("seeds.parquet");
-    write_seeds(&seeds, &synthetic_seeds(20));
+    let (seeds, o) = small_shard(d.path());
     let ingest = || Ingest::open(&[&seeds], IngestOptions::default()).expect("open");
-    let mut o = ShardOptions::new(d.path().join("out"), "test", ShardSpec::single());
-    o.batch_seeds = 4;
-    o.fingerprint = "fp".into();
     let e = run_shard(&o, ingest(), &mut Short(0)).expect_err("a short batch must fail");
     assert!(
         matches!(

@@ -12,6 +12,7 @@ pub mod decontam;
 pub mod engine_args;
 pub mod export;
 pub mod generate;
+pub mod progress;
 pub mod run;
 pub mod search;
 pub mod store;

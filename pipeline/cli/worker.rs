@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use super::progress::Progress;
 use crate::engine::{EngineConfig, EngineKind};
 use crate::recipes::instruction::InstructionConfig;
 use crate::recipes::job::{self, JobFile, RecipeSpec, StoreSection};
@@ -111,10 +112,9 @@ pub fn run_shard_worker(a: ShardWorkerArgs) -> anyhow::Result<ExitCode> {
     let job = job::from_file(&a.job_file(shard.count))?;
     let opts = RunOptions {
         shard: Some(shard),
-        progress: a.progress,
         ..RunOptions::default()
     };
-    match run_job(&job, &opts) {
+    match run_job(&job, &opts, &mut Progress::new(a.progress)) {
         Ok(s) => {
             for (kind, o) in &s.shards {
                 println!(

@@ -60,6 +60,10 @@ fn seed_hash(id: &str) -> u64 {
 }
 
 impl Processor for Instruction<'_> {
+    fn tokens(&self) -> u64 {
+        super::engine_tokens(&*self.engine)
+    }
+
     fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
         let system =
             (!self.cfg.system_prompt.is_empty()).then_some(self.cfg.system_prompt.as_str());

@@ -251,6 +251,10 @@ impl MarcoCot<'_> {
 }
 
 impl Processor for MarcoCot<'_> {
+    fn tokens(&self) -> u64 {
+        super::engine_tokens(&*self.engine)
+    }
+
     fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
         let (outcomes, _) = self
             .run(seeds, &mut |_, _| {})

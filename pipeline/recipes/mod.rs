@@ -9,6 +9,7 @@
 pub mod instruction;
 pub mod job;
 pub mod marco;
+pub mod metrics;
 pub mod open_o1;
 pub mod run;
 pub mod study;
@@ -182,6 +183,12 @@ pub fn batch_then_alone<T, R>(
         }
     }
     Ok(out)
+}
+
+/// The engine's work counter (tokens sampled + evaluated), for
+/// [`crate::store::Processor::tokens`].
+pub fn engine_tokens(engine: &dyn Engine) -> u64 {
+    engine.stats().tokens_sampled + engine.stats().tokens_evaluated
 }
 
 /// The error for an engine failure on `seed` that is not the seed's fault:

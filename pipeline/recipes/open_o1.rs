@@ -85,6 +85,10 @@ impl OpenO1<'_> {
 }
 
 impl Processor for OpenO1<'_> {
+    fn tokens(&self) -> u64 {
+        super::engine_tokens(&*self.engine)
+    }
+
     fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
         let prompts = SearchPrompts::default();
         let mut out: Vec<Option<Processed>> = vec![None; seeds.len()];

@@ -19,6 +19,7 @@
 //! reader can count on them. The journal is deleted once the marker exists.
 
 pub mod crash;
+pub mod events;
 pub mod fingerprint;
 pub mod fsio;
 pub mod import;
@@ -37,7 +38,9 @@ use std::path::{Path, PathBuf};
 
 pub use ingest::{Ingest, IngestItem, IngestOptions, IngestRow};
 pub use shard::{shard_of, ShardSpec};
-pub use worker::{run_shard, ProcessError, Processed, Processor, ShardOptions, ShardOutcome};
+pub use worker::{
+    run_shard, run_shard_with, ProcessError, Processed, Processor, ShardOptions, ShardOutcome,
+};
 
 /// Errors of the data plane. Every variant names the file it is about.
 #[derive(Debug, thiserror::Error)]

@@ -36,7 +36,7 @@
 //!     Ok(Processed { accepted: vec![Chain { seed_id: seed.id.clone(), ..Default::default() }], rejected: vec![] })
 //! };
 //! let outcome = run_shard(&opts, ingest, &mut recipe)?;
-//! println!("{outcome:?}");
+//! assert!(outcome.resumed <= outcome.seeds);
 //! # Ok(()) }
 //! ```
 
@@ -44,6 +44,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::events::{Event, EventSink};
 use super::fingerprint::Fingerprint;
 use super::fsio;
 use super::ingest::{IngestItem, IngestRow};
@@ -108,6 +109,12 @@ pub trait Processor {
         &mut self,
         seeds: &[Seed],
     ) -> std::result::Result<Vec<Processed>, ProcessError>;
+
+    /// The work counter of the engine behind the processor (tokens sampled
+    /// + evaluated), reported after each batch ([`Event::BatchDone`]).
+    fn tokens(&self) -> u64 {
+        0
+    }
 }
 
 /// A closure over one seed is a processor (tests, small tools); its `Err`
@@ -140,8 +147,6 @@ pub struct ShardOptions {
     pub write: WriteOptions,
     /// Identity of inputs and settings; a journal or marker of another job is refused.
     pub fingerprint: Fingerprint,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
     /// Lease lifetime in seconds (0: no lease, flock only).
     pub lease_ttl: u64,
     /// Largest journal entry; a bigger result becomes a reject.
@@ -159,7 +164,6 @@ impl ShardOptions {
             batch_seeds: 16,
             write: WriteOptions::default(),
             fingerprint: Fingerprint::default(),
-            progress: false,
             lease_ttl: DEFAULT_TTL_SECONDS,
             max_frame: MAX_FRAME as usize,
         }
@@ -197,6 +201,20 @@ where
     I: IntoIterator<Item = Result<IngestItem>>,
     P: Processor + ?Sized,
 {
+    run_shard_with(opts, seeds, processor, &mut ())
+}
+
+/// [`run_shard`], reporting what it journals and commits to `sink`.
+pub fn run_shard_with<I, P>(
+    opts: &ShardOptions,
+    seeds: I,
+    processor: &mut P,
+    sink: &mut dyn EventSink,
+) -> Result<ShardOutcome>
+where
+    I: IntoIterator<Item = Result<IngestItem>>,
+    P: Processor + ?Sized,
+{
     let paths = opts.paths();
     fsio::ensure_dir(
         &opts.out_dir,
@@ -222,7 +240,7 @@ where
         fsio::refuse_symlink(&p)?;
     }
     if paths.done().exists() {
-        return already_done(opts, &paths);
+        return Ok(committed_event(opts, already_done(opts, &paths)?, sink));
     }
     for p in [
         paths.chains(),
@@ -251,31 +269,83 @@ where
     let resumed = done.len() as u64;
     if resumed > 0 {
         tracing::info!("{}: resuming, {resumed} rows already done", opts.shard);
+        sink.event(&Event::Resumed {
+            kind: opts.kind.clone(),
+            shard: opts.shard,
+            rows: resumed,
+        });
     }
 
-    let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.set_message(format!("{} {}", opts.kind, opts.shard));
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
+    let mut w = Writer {
+        journal: &mut journal,
+        sink,
     };
-    let result = process_input(opts, &paths, seeds, processor, &mut journal, &done, &bar);
+    let result = process_input(opts, &paths, seeds, processor, &mut w, &done);
     // Keep every finished result, also when the input or the processor failed.
     let flushed = journal.flush();
     result?;
     flushed?;
     drop(journal);
-    bar.finish_and_clear();
     let out = finish(opts, &paths, &fence)?;
     drop(lease);
     drop(lock);
-    Ok(ShardOutcome { resumed, ..out })
+    Ok(committed_event(opts, ShardOutcome { resumed, ..out }, sink))
 }
 
-/// Journal `entry`; one too large for a frame is replaced by a reject saying so.
-fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result<()> {
+/// Report the shard's end to `sink`; returns `out`.
+fn committed_event(
+    opts: &ShardOptions,
+    out: ShardOutcome,
+    sink: &mut dyn EventSink,
+) -> ShardOutcome {
+    sink.event(&Event::ShardCommitted {
+        kind: opts.kind.clone(),
+        shard: opts.shard,
+        state: out.state,
+        seeds: out.seeds,
+        accepted: out.accepted,
+        rejected: out.rejected,
+    });
+    out
+}
+
+/// The journal of a running shard, and the sink told what goes into it.
+struct Writer<'a> {
+    journal: &'a mut Journal,
+    sink: &'a mut dyn EventSink,
+}
+
+impl Writer<'_> {
+    /// Journal `entry` and report what was journaled.
+    fn append(&mut self, entry: JournalEntry, seed_json: &str) -> Result<()> {
+        let entry = append(self.journal, entry, seed_json)?;
+        for c in &entry.accepted {
+            self.sink.event(&Event::ChainAccepted {
+                seed_id: c.seed_id.clone(),
+                chain_id: c.id.clone(),
+            });
+        }
+        for r in &entry.rejected {
+            self.sink.event(&Event::ChainRejected {
+                seed_id: r.seed_id.clone(),
+                chain_id: r.chain_id.clone(),
+                stage: r.stage.clone(),
+            });
+        }
+        self.sink.event(&Event::SeedDone {
+            seed_id: entry.seed_id,
+            accepted: entry.accepted.len() as u64,
+            rejected: entry.rejected.len() as u64,
+        });
+        Ok(())
+    }
+}
+
+/// Journal `entry`; one too large for a frame is replaced by a reject saying
+/// so. Returns the entry journaled.
+fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result<JournalEntry> {
     match journal.append(&entry) {
+        Ok(()) => Ok(entry),
         Err(StoreError::FrameTooLarge { bytes, max, .. }) => {
             // Keep as much of the seed as fits, so the reject itself is journaled.
             let keep = (max as usize / 2).min(seed_json.len());
@@ -296,7 +366,7 @@ fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result
                 "seed {}: result of {bytes} bytes is over the journal's frame limit; rejected",
                 entry.seed_id
             );
-            journal.append(&JournalEntry {
+            let reject = JournalEntry {
                 ordinal: entry.ordinal,
                 seed_id: entry.seed_id.clone(),
                 accepted: Vec::new(),
@@ -311,9 +381,11 @@ fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result
                     ),
                     row,
                 }],
-            })
+            };
+            journal.append(&reject)?;
+            Ok(reject)
         }
-        other => other,
+        Err(e) => Err(e),
     }
 }
 
@@ -323,9 +395,8 @@ fn process_input<I, P>(
     paths: &ShardPaths,
     seeds: I,
     processor: &mut P,
-    journal: &mut Journal,
+    w: &mut Writer<'_>,
     done: &HashMap<u64, String>,
-    bar: &indicatif::ProgressBar,
 ) -> Result<()>
 where
     I: IntoIterator<Item = Result<IngestItem>>,
@@ -355,8 +426,7 @@ where
         match item.row {
             IngestRow::Reject(r) => {
                 let row = r.row.clone();
-                append(
-                    journal,
+                w.append(
                     JournalEntry {
                         ordinal: item.ordinal,
                         seed_id: r.seed_id.clone(),
@@ -369,20 +439,19 @@ where
             IngestRow::Seed(s) => {
                 batch.push((item.ordinal, s));
                 if batch.len() >= opts.batch_seeds.max(1) {
-                    run_batch(batch, processor, journal)?;
+                    run_batch(batch, processor, w)?;
                 }
             }
         }
-        bar.inc(1);
     }
-    run_batch(batch, processor, journal)?;
+    run_batch(batch, processor, w)?;
     Ok(())
 }
 
 fn run_batch<P: Processor + ?Sized>(
     batch: &mut Vec<(u64, Seed)>,
     processor: &mut P,
-    journal: &mut Journal,
+    w: &mut Writer<'_>,
 ) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
@@ -419,10 +488,10 @@ fn run_batch<P: Processor + ?Sized>(
             }
         })?;
     crash::point("worker.processed");
+    let n = batch.len() as u64;
     for ((ordinal, seed), p) in batch.drain(..).zip(results) {
         let json = serde_json::to_string(&seed).unwrap_or_default();
-        append(
-            journal,
+        w.append(
             JournalEntry {
                 ordinal,
                 seed_id: seed.id,
@@ -432,6 +501,10 @@ fn run_batch<P: Processor + ?Sized>(
             &json,
         )?;
     }
+    w.sink.event(&Event::BatchDone {
+        seeds: n,
+        tokens: processor.tokens(),
+    });
     Ok(())
 }
 
