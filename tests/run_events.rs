@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use cotforge::recipes::job;
 use cotforge::recipes::run::{run_job, RunOptions};
-use cotforge::record::Seed;
+use cotforge::record::{Recipe, Seed};
 use cotforge::store::events::Event;
 use cotforge::store::parquet_io::read_parquet;
 use cotforge::store::schema::{batch_to_chains, batch_to_rejects};
@@ -24,7 +24,7 @@ fn per_shard(events: &[Event]) -> BTreeMap<(String, String), Vec<Event>> {
     let mut current = None;
     for e in events {
         if let Event::ShardStarted { kind, shard, .. } = e {
-            let k = (kind.clone(), shard.suffix());
+            let k = (kind.to_string(), shard.suffix());
             assert!(!out.contains_key(&k), "{k:?} started twice");
             current = Some(k);
         }
@@ -199,7 +199,7 @@ fn a_resumed_shard_reports_its_journal() {
     assert_eq!(
         second.first(),
         Some(&Event::Resumed {
-            kind: "test".into(),
+            kind: Recipe::Instruction,
             shard: ShardSpec::single(),
             rows: 8
         })

@@ -6,7 +6,7 @@ mod store_support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cotforge::record::{Chain, Reject, Seed};
+use cotforge::record::{Chain, Recipe, Reject, Seed};
 use cotforge::store::worker::ShardState;
 use cotforge::store::{
     run_shard, Ingest, IngestOptions, ProcessError, Processed, Processor, ShardOptions, ShardSpec,
@@ -112,7 +112,7 @@ fn processor_failure_resumes_without_redoing_work() {
     let shard = ShardSpec { index: 0, count: 1 };
     let ingest = || Ingest::open(&[&seeds], IngestOptions::default()).expect("open");
     let opts = |out: &std::path::Path| {
-        let mut o = ShardOptions::new(out, "test", shard);
+        let mut o = ShardOptions::new(out, Recipe::Instruction, shard);
         o.flush_every = 5;
         o.batch_seeds = 4;
         o.write.row_group_rows = 7;

@@ -220,7 +220,7 @@ impl ShardRun<'_> {
         let total = Ingest::open(&r.spec.seeds, ingest_options(job, shard))?
             .take_while(within)
             .count() as u64;
-        let mut sopts = ShardOptions::new(&job.file.out, kind.as_str(), shard);
+        let mut sopts = ShardOptions::new(&job.file.out, kind, shard);
         sopts.flush_every = job.file.store.flush_every;
         // Validated finite and >= 0 when the job was parsed.
         sopts.flush_interval =
@@ -233,7 +233,7 @@ impl ShardRun<'_> {
         sopts.fingerprint = fingerprint.clone();
         sopts.lease_ttl = job.file.store.lease_seconds;
         sink.event(&Event::ShardStarted {
-            kind: kind.as_str().to_string(),
+            kind,
             shard,
             seeds: total,
             tokens: engine_tokens(engine),

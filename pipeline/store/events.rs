@@ -5,6 +5,7 @@
 
 use super::worker::ShardState;
 use super::ShardSpec;
+use crate::record::Recipe;
 
 /// One thing that happened in a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,14 +13,14 @@ pub enum Event {
     /// A shard run begins: `seeds` input rows of this shard to go through,
     /// `tokens` the engine's counter (sampled + evaluated) at the start.
     ShardStarted {
-        kind: String,
+        kind: Recipe,
         shard: ShardSpec,
         seeds: u64,
         tokens: u64,
     },
     /// The journal already held `rows` results of the shard: they are not redone.
     Resumed {
-        kind: String,
+        kind: Recipe,
         shard: ShardSpec,
         rows: u64,
     },
@@ -42,7 +43,7 @@ pub enum Event {
     BatchDone { seeds: u64, tokens: u64 },
     /// The shard's files, manifest and marker are committed (or were already).
     ShardCommitted {
-        kind: String,
+        kind: Recipe,
         shard: ShardSpec,
         state: ShardState,
         seeds: u64,

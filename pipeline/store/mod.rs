@@ -13,8 +13,9 @@
 //! OUT/shards/<kind>/lock-00003-of-00008.lock         flock'ed lock file (pid + hostname)
 //! OUT/shards/<kind>/lease-00003-of-00008.json        lease beside the lock (host, pid, heartbeat)
 //! ```
-//! `<kind>` is the recipe name (`open_o1`, `marco_cot`, `instruction`) or any
-//! other label a caller chooses.
+//! `<kind>` is the recipe name (`open_o1`, `marco_cot`, `instruction`):
+//! [`ShardOptions::kind`] is a [`crate::record::Recipe`]. Readers of an output
+//! (`status`, `verify`) take whatever directory names they find.
 //! A shard's two Parquet files are always written, even when empty, so a
 //! reader can count on them. The journal is deleted once the marker exists.
 

@@ -21,7 +21,7 @@
 //!
 //! Wiring a recipe (`recipes::run` wires the real ones; this is the minimum):
 //! ```no_run
-//! use cotforge::record::{Chain, Seed};
+//! use cotforge::record::{Chain, Recipe, Seed};
 //! use cotforge::store::shard::resolve_shard;
 //! use cotforge::store::{run_shard, Ingest, IngestOptions, Processed, ShardOptions};
 //!
@@ -30,7 +30,7 @@
 //! let shard = resolve_shard(None, None, &env)?; // SLURM / Kubernetes defaults
 //! let seeds = ["data/seeds/gsm8k.parquet"];
 //! let ingest = Ingest::open(&seeds, IngestOptions { shard: Some(shard), ..Default::default() })?;
-//! let mut opts = ShardOptions::new("out", "marco_cot", shard);
+//! let mut opts = ShardOptions::new("out", Recipe::MarcoCot, shard);
 //! opts.fingerprint = "blake3 of inputs + settings".into();
 //! let mut recipe = |seed: &Seed| -> Result<Processed, String> {
 //!     Ok(Processed { accepted: vec![Chain { seed_id: seed.id.clone(), ..Default::default() }], rejected: vec![] })
@@ -57,7 +57,7 @@ use super::manifest::{read_json, write_json, DoneMarker, Manifest, ShardPaths, M
 use super::parquet_io::{tmp_path, write_parquet, CommittedFile, WriteOptions};
 use super::schema::{chains_schema, chains_to_batch, rejects_schema, rejects_to_batch};
 use super::{blake3_output, crash, io_err, Result, ShardSpec, StoreError};
-use crate::record::{Chain, Reject, Seed};
+use crate::record::{Chain, Recipe, Reject, Seed};
 use arrow::array::RecordBatch;
 
 /// What a processor made of one seed.
@@ -135,8 +135,9 @@ where
 #[derive(Debug, Clone)]
 pub struct ShardOptions {
     pub out_dir: PathBuf,
-    /// Shard kind: the recipe name or another label; the directory under `OUT/shards/`.
-    pub kind: String,
+    /// The recipe whose shard this is; its name is the directory under
+    /// `OUT/shards/` and the `kind` of the journal, manifest and marker.
+    pub kind: Recipe,
     pub shard: ShardSpec,
     /// Journal fsync after this many results...
     pub flush_every: usize,
@@ -154,10 +155,10 @@ pub struct ShardOptions {
 }
 
 impl ShardOptions {
-    pub fn new(out_dir: impl Into<PathBuf>, kind: &str, shard: ShardSpec) -> Self {
+    pub fn new(out_dir: impl Into<PathBuf>, kind: Recipe, shard: ShardSpec) -> Self {
         Self {
             out_dir: out_dir.into(),
-            kind: kind.into(),
+            kind,
             shard,
             flush_every: 64,
             flush_interval: Duration::from_secs(5),
@@ -169,7 +170,7 @@ impl ShardOptions {
         }
     }
     pub fn paths(&self) -> ShardPaths {
-        ShardPaths::new(&self.out_dir, &self.kind, self.shard)
+        ShardPaths::new(&self.out_dir, self.kind.as_str(), self.shard)
     }
 }
 
@@ -218,7 +219,7 @@ where
     let paths = opts.paths();
     fsio::ensure_dir(
         &opts.out_dir,
-        &std::path::Path::new("shards").join(&opts.kind),
+        &std::path::Path::new("shards").join(opts.kind.as_str()),
     )?;
     let lock = ShardLock::acquire(&paths.lock())?;
     let lease = Lease::acquire_with(
@@ -253,7 +254,7 @@ where
 
     let header = JournalHeader {
         format: JOURNAL_FORMAT.into(),
-        kind: opts.kind.clone(),
+        kind: opts.kind.to_string(),
         shard: opts.shard,
         fingerprint: opts.fingerprint.clone(),
     };
@@ -270,7 +271,7 @@ where
     if resumed > 0 {
         tracing::info!("{}: resuming, {resumed} rows already done", opts.shard);
         sink.event(&Event::Resumed {
-            kind: opts.kind.clone(),
+            kind: opts.kind,
             shard: opts.shard,
             rows: resumed,
         });
@@ -299,7 +300,7 @@ fn committed_event(
     sink: &mut dyn EventSink,
 ) -> ShardOutcome {
     sink.event(&Event::ShardCommitted {
-        kind: opts.kind.clone(),
+        kind: opts.kind,
         shard: opts.shard,
         state: out.state,
         seeds: out.seeds,
@@ -653,8 +654,8 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths, fence: &Fence) -> Result<Shar
     };
 
     let mut manifest = match read_json::<Manifest>(&paths.manifest()) {
-        Ok(m) if m.kind == opts.kind && m.shard_index == opts.shard.index => m,
-        _ => Manifest::new(&opts.kind, opts.shard),
+        Ok(m) if m.kind == opts.kind.as_str() && m.shard_index == opts.shard.index => m,
+        _ => Manifest::new(opts.kind.as_str(), opts.shard),
     };
     let rg = opts.write.row_group_rows.max(1);
     let name = |p: PathBuf| {
@@ -695,7 +696,7 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths, fence: &Fence) -> Result<Shar
     crash::point("marker.before");
     let marker = DoneMarker {
         format: MARKER_FORMAT.into(),
-        kind: opts.kind.clone(),
+        kind: opts.kind.to_string(),
         shard_index: opts.shard.index,
         num_shards: opts.shard.count,
         seeds,

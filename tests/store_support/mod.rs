@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{Field, Schema};
-use cotforge::record::Seed;
+use cotforge::record::{Recipe, Seed};
 use cotforge::store::parquet_io::{read_parquet, write_parquet, WriteOptions};
 use cotforge::store::schema::{batch_to_chains, batch_to_rejects, seeds_schema, seeds_to_batch};
 use cotforge::store::{ShardOptions, ShardSpec};
@@ -94,7 +94,7 @@ pub fn synthetic_seeds(n: usize) -> Vec<Seed> {
 pub fn small_shard(dir: &Path) -> (PathBuf, ShardOptions) {
     let seeds = dir.join("seeds.parquet");
     write_seeds(&seeds, &synthetic_seeds(20));
-    let mut o = ShardOptions::new(dir.join("out"), "test", ShardSpec::single());
+    let mut o = ShardOptions::new(dir.join("out"), Recipe::Instruction, ShardSpec::single());
     o.batch_seeds = 4;
     o.fingerprint = "fp".into();
     (seeds, o)
