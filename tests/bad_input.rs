@@ -25,7 +25,7 @@ use cotforge::engine::{
 use cotforge::recipes::instruction::{Instruction, InstructionConfig};
 use cotforge::recipes::open_o1::{OpenO1, OpenO1Config};
 use cotforge::recipes::RowMeta;
-use cotforge::record::{Chain, Reject, Seed};
+use cotforge::record::{Chain, Recipe, Reject, Seed};
 use cotforge::stages::filter::FilterChain;
 use cotforge::store::ingest::IngestRow;
 use cotforge::store::parquet_io::read_parquet;
@@ -760,7 +760,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
                     filters: FilterChain::from_configs(&[]).expect("filters"),
                     meta: meta(),
                 };
-                let mut o = ShardOptions::new(d.join("out"), "open_o1", ShardSpec::single());
+                let mut o = ShardOptions::new(d.join("out"), Recipe::OpenO1, ShardSpec::single());
                 o.batch_seeds = 1;
                 let ing = Ingest::open(&[&seeds], IngestOptions::default()).expect("open");
                 match run_shard(&o, ing, &mut p) {
@@ -777,7 +777,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
         class("a result over the journal's frame limit", |d| {
             let seeds = d.join("s.parquet");
             write_seeds(&seeds, &synthetic_seeds(12));
-            let mut o = ShardOptions::new(d.join("out"), "test", ShardSpec::single());
+            let mut o = ShardOptions::new(d.join("out"), Recipe::Instruction, ShardSpec::single());
             o.max_frame = 4096;
             o.flush_every = 1;
             let ing = Ingest::open(&[&seeds], IngestOptions::default()).expect("open");
@@ -797,8 +797,9 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             if (out.seeds, out.accepted, out.rejected) != (12, 11, 1) {
                 return Err(format!("rows after the big one were lost: {out:?}"));
             }
-            let rej = read_parquet(&d.join("out/shards/test/rejected-00000-of-00001.parquet"))
-                .map_err(|e| e.to_string())?;
+            let rej =
+                read_parquet(&d.join("out/shards/instruction/rejected-00000-of-00001.parquet"))
+                    .map_err(|e| e.to_string())?;
             let rows = batch_to_rejects(&rej[0]).map_err(|e| e.to_string())?;
             has(&rows[0].seed_id, "s0004")?;
             has(&rows[0].stage, "store.journal")?;
@@ -1052,7 +1053,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             let seeds = d.join("s.parquet");
             write_seeds(&seeds, &synthetic_seeds(4));
             let out = d.join("out");
-            let dir = out.join("shards/scripted");
+            let dir = out.join("shards/instruction");
             std::fs::create_dir_all(&dir).expect("mkdir");
             let victim = d.join("victim.txt");
             std::fs::write(&victim, "precious").expect("write");
@@ -1088,7 +1089,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             let seeds = d.join("s.parquet");
             write_seeds(&seeds, &synthetic_seeds(4));
             let out = d.join("out");
-            let dir = out.join("shards/scripted");
+            let dir = out.join("shards/instruction");
             std::fs::create_dir_all(&dir).expect("mkdir");
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

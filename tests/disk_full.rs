@@ -143,7 +143,7 @@ fn full_disk_during_a_shard_commit() {
     let mut c = worker(&seeds, &out, 0, 1);
     c.env("COTFORGE_CRASH_AT", "commit.batch_written:1");
     assert_eq!(run(c).status.signal(), Some(9));
-    let journal = out.join("shards/scripted/journal-00000-of-00001.log");
+    let journal = out.join("shards/instruction/journal-00000-of-00001.log");
     let journal_bytes = std::fs::read(&journal).expect("journal");
     // Room for the lock and lease, not for the shard file.
     let filler = fs.fill(24 << 10);
@@ -153,7 +153,7 @@ fn full_disk_during_a_shard_commit() {
     }
     assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
     assert!(!out
-        .join("shards/scripted/done-00000-of-00001.json")
+        .join("shards/instruction/done-00000-of-00001.json")
         .exists());
     assert_eq!(std::fs::read(&journal).expect("journal"), journal_bytes);
     let v = cli(&["verify", out.to_str().expect("utf8")]);
@@ -328,7 +328,7 @@ fn status_reads_a_read_only_mount() {
     c.env("COTFORGE_CRASH_AT", "worker.processed:3");
     assert_eq!(run(c).status.signal(), Some(9));
     assert!(out
-        .join("shards/scripted/lock-00001-of-00002.lock")
+        .join("shards/instruction/lock-00001-of-00002.lock")
         .exists());
     let before = tree(&out);
     fs.remount("ro");
@@ -416,7 +416,7 @@ fn full_disk_during_a_journal_flush() {
         panic!("{e}");
     }
     // What reached the journal is whole frames only: it parses to its end.
-    let j = out.join("shards/scripted/journal-00000-of-00001.log");
+    let j = out.join("shards/instruction/journal-00000-of-00001.log");
     let bytes = std::fs::read(&j).expect("journal");
     let (_, valid) = cotforge::store::journal::parse_frames(&bytes);
     assert_eq!(valid, bytes.len(), "a failed flush left a partial frame");

@@ -19,7 +19,7 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-const LEASE: &str = "shards/scripted/lease-00000-of-00001.json";
+const LEASE: &str = "shards/instruction/lease-00000-of-00001.json";
 
 fn foreign_lease(out: &Path, heartbeat: u64, ttl: u64) {
     let p = out.join(LEASE);
@@ -107,7 +107,7 @@ fn the_holder_renews_its_lease_and_stops_when_another_node_takes_it() {
             && e.contains("stops without committing"),
         "{e}"
     );
-    let dir = out.join("shards/scripted");
+    let dir = out.join("shards/instruction");
     for f in [
         "shard-00000-of-00001.parquet",
         "rejected-00000-of-00001.parquet",

@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cotforge::record::{Chain, Seed};
+use cotforge::record::{Chain, Recipe, Seed};
 use cotforge::store::fingerprint::Fingerprint;
 use cotforge::store::journal::{Journal, JournalEntry, JournalHeader, JOURNAL_FORMAT};
 use cotforge::store::manifest::ShardPaths;
@@ -162,7 +162,7 @@ fn a_changed_model_is_named_for_done_and_for_journaled_shards() {
     let s = seeds(d, 10);
     let ingest = || Ingest::open(&[&s], IngestOptions::default()).expect("open");
     let opts = |out: &Path, model: &str| {
-        let mut o = ShardOptions::new(out, "test", ShardSpec::single());
+        let mut o = ShardOptions::new(out, Recipe::Instruction, ShardSpec::single());
         o.fingerprint = fp(model);
         o.batch_seeds = 2;
         o.flush_every = 1;
@@ -217,14 +217,14 @@ fn a_row_journaled_twice_is_written_once() {
     let d = tmp.path();
     let s = seeds(d, 4);
     let out = d.join("out");
-    let mut opts = ShardOptions::new(&out, "test", ShardSpec::single());
+    let mut opts = ShardOptions::new(&out, Recipe::Instruction, ShardSpec::single());
     opts.fingerprint = fp("m");
-    let paths = ShardPaths::new(&out, "test", ShardSpec::single());
+    let paths = ShardPaths::new(&out, "instruction", ShardSpec::single());
     std::fs::create_dir_all(&paths.dir).expect("mkdir");
     // A journal where a flush was retried after its fsync had reached the disk.
     let header = JournalHeader {
         format: JOURNAL_FORMAT.into(),
-        kind: "test".into(),
+        kind: "instruction".into(),
         shard: ShardSpec::single(),
         fingerprint: fp("m"),
     };

@@ -122,7 +122,7 @@ fn zero_row_file_is_accepted_and_empty() {
     let out = d.path().join("out");
     let o = run(worker(&p, &out, 0, 1));
     assert!(o.status.success(), "{}", stderr(&o));
-    let (a, r) = output_seed_ids(&out, "scripted");
+    let (a, r) = output_seed_ids(&out, "instruction");
     assert!(a.is_empty() && r.is_empty());
     assert!(cli(&["verify", out.to_str().expect("utf8")])
         .status
@@ -224,6 +224,6 @@ fn row_level_faults_become_rejects_with_reasons() {
         let o = run(worker(&p, &out, i, 2));
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let (acc, rej) = output_seed_ids(&out, "scripted");
+    let (acc, rej) = output_seed_ids(&out, "instruction");
     assert_eq!(acc.len() + rej.len(), 11);
 }

@@ -164,7 +164,7 @@ fn killed_and_resumed_job_equals_uninterrupted_job() {
     }
 
     // Every input row exactly once across accepted and rejected.
-    let (acc, rej) = output_seed_ids(&out, "scripted");
+    let (acc, rej) = output_seed_ids(&out, "instruction");
     assert!(
         !acc.is_empty() && !rej.is_empty(),
         "need both kinds of rows"

@@ -6,9 +6,12 @@ mod store_support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cotforge::record::{Chain, Reject, Seed};
+use cotforge::record::{Chain, Recipe, Reject, Seed};
 use cotforge::store::worker::ShardState;
-use cotforge::store::{run_shard, Ingest, IngestOptions, Processed, ShardOptions, ShardSpec};
+use cotforge::store::{
+    run_shard, Ingest, IngestOptions, ProcessError, Processed, Processor, ShardOptions, ShardSpec,
+    StoreError,
+};
 use store_support::*;
 
 #[test]
@@ -26,7 +29,7 @@ fn second_worker_on_a_shard_exits_naming_the_holder() {
         .stderr(Stdio::piped());
     let a = a.spawn().expect("spawn a");
     let pid = a.id();
-    let lock = out.join("shards/scripted/lock-00001-of-00002.lock");
+    let lock = out.join("shards/instruction/lock-00001-of-00002.lock");
     let t0 = Instant::now();
     while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains(&format!("\"pid\":{pid}"))) {
         assert!(
@@ -57,7 +60,7 @@ fn second_worker_on_a_shard_exits_naming_the_holder() {
         "shard-00001-of-00002.parquet",
         "rejected-00001-of-00002.parquet",
     ] {
-        let p = format!("shards/scripted/{f}");
+        let p = format!("shards/instruction/{f}");
         assert_eq!(
             std::fs::read(out.join(&p)).expect("out"),
             std::fs::read(reference.join(&p)).expect("ref"),
@@ -109,7 +112,7 @@ fn processor_failure_resumes_without_redoing_work() {
     let shard = ShardSpec { index: 0, count: 1 };
     let ingest = || Ingest::open(&[&seeds], IngestOptions::default()).expect("open");
     let opts = |out: &std::path::Path| {
-        let mut o = ShardOptions::new(out, "test", shard);
+        let mut o = ShardOptions::new(out, Recipe::Instruction, shard);
         o.flush_every = 5;
         o.batch_seeds = 4;
         o.write.row_group_rows = 7;
@@ -167,6 +170,47 @@ fn processor_failure_resumes_without_redoing_work() {
     assert!(e.to_string().contains("belongs to another job"), "{e}");
 }
 
+/// A processor that drops the last seed of its third batch.
+struct Short(usize);
+
+impl Processor for Short {
+    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
+        self.0 += 1;
+        let n = if self.0 == 3 {
+            seeds.len() - 1
+        } else {
+            seeds.len()
+        };
+        Ok(seeds[..n].iter().map(chain_for).collect())
+    }
+}
+
+#[test]
+fn a_short_batch_is_an_error_and_loses_nothing() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (seeds, o) = small_shard(d.path());
+    let ingest = || Ingest::open(&[&seeds], IngestOptions::default()).expect("open");
+    let e = run_shard(&o, ingest(), &mut Short(0)).expect_err("a short batch must fail");
+    assert!(
+        matches!(
+            &e,
+            StoreError::Processor {
+                error: ProcessError::Short { got: 3, want: 4 },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("input rows 8..=11"), "{e}");
+    // The two whole batches before it are journaled: the rerun resumes after them.
+    let r = run_shard(&o, ingest(), &mut Short(10)).expect("resume");
+    assert_eq!((r.seeds, r.resumed), (20, 8), "{r:?}");
+    let mut clean = o.clone();
+    clean.out_dir = d.path().join("clean");
+    run_shard(&clean, ingest(), &mut |s: &Seed| Ok(chain_for(s))).expect("clean");
+    assert_eq!(tree(&o.out_dir), tree(&clean.out_dir));
+}
+
 #[test]
 fn verify_and_status_catch_tampering() {
     let d = tempfile::tempdir().expect("tempdir");
@@ -185,7 +229,7 @@ fn verify_and_status_catch_tampering() {
     );
     assert!(cli(&["verify", o]).status.success());
 
-    let victim = out.join("shards/scripted/rejected-00001-of-00003.parquet");
+    let victim = out.join("shards/instruction/rejected-00001-of-00003.parquet");
     let mut b = std::fs::read(&victim).expect("read");
     b[10] ^= 1;
     std::fs::write(&victim, &b).expect("write");

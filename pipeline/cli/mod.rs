@@ -12,9 +12,11 @@ pub mod decontam;
 pub mod engine_args;
 pub mod export;
 pub mod generate;
+pub mod progress;
 pub mod run;
 pub mod search;
 pub mod store;
+pub mod worker;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,9 +53,9 @@ pub enum Command {
     Status(store::StatusArgs),
     /// Re-check the blake3 of every committed file; exit 2 on any mismatch.
     Verify(store::VerifyArgs),
-    /// Run one shard with the scripted engine (tests and wiring example).
+    /// Run one shard of the instruction recipe on the scripted engine (tests).
     #[command(hide = true)]
-    ShardWorker(store::ShardWorkerArgs),
+    ShardWorker(worker::ShardWorkerArgs),
     /// Export chains as SFT data in the Hugging Face layout.
     Export(export::ExportArgs),
     /// Print a summary table of an output directory.
@@ -84,7 +86,7 @@ pub fn main() -> ExitCode {
         Command::Seeds(a) => store::run_seeds(a),
         Command::Status(a) => store::run_status(a),
         Command::Verify(a) => store::run_verify(a),
-        Command::ShardWorker(a) => store::run_shard_worker(a),
+        Command::ShardWorker(a) => worker::run_shard_worker(a),
         Command::Export(a) => export::run_export(a),
         Command::Stats(a) => export::run_stats(a),
         Command::Report(a) => export::run_report(a),

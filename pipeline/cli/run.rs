@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
+use super::progress::Progress;
+use crate::recipes::metrics::MetricsSink;
 use crate::recipes::run::{finalize, run_job, FinalSummary, RunOptions};
 use crate::recipes::{job, Cancel, RecipeError};
 use crate::store::shard::resolve_shard;
@@ -84,12 +86,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, cancel.0.clone()).context("installing signal handlers")?;
     }
-    let opts = RunOptions {
-        shard,
-        cancel,
-        progress: !a.no_progress && std::io::stderr().is_terminal(),
-    };
-    match run_job(&job, &opts) {
+    let opts = RunOptions { shard, cancel };
+    let bars = !a.no_progress && std::io::stderr().is_terminal();
+    let mut sink = (MetricsSink::new(&job.file.out), Progress::new(bars));
+    match run_job(&job, &opts, &mut sink) {
         Ok(s) => {
             for (recipe, o) in &s.shards {
                 eprintln!(
@@ -126,7 +126,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// A lock or lease held by another worker exits 75 (EX_TEMPFAIL: try again
 /// later); any other error is returned.
-fn held_or(e: RecipeError) -> anyhow::Result<ExitCode> {
+pub(crate) fn held_or(e: RecipeError) -> anyhow::Result<ExitCode> {
     use crate::store::StoreError;
     match e {
         RecipeError::Store(e @ (StoreError::LockHeld { .. } | StoreError::LeaseHeld { .. })) => {

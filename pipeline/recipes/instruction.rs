@@ -12,11 +12,11 @@ use crate::engine::sampling::derive_seed;
 use crate::engine::{Engine, SamplingParams};
 use crate::record::{Chain, Recipe, Seed};
 use crate::stages::filter::FilterChain;
-use crate::store::worker::{Processed, Processor};
+use crate::store::worker::{ProcessError, Processed, Processor};
 
 use super::{
-    batch_then_alone, engine_reject, filter_chains, is_seed_error, reject_seed, seed_prompt_tokens,
-    RowMeta,
+    all_results, batch_then_alone, engine_reject, filter_chains, is_seed_error, reject_seed,
+    seed_failed, seed_prompt_tokens, RowMeta,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,12 +60,11 @@ fn seed_hash(id: &str) -> u64 {
 }
 
 impl Processor for Instruction<'_> {
-    fn process(&mut self, seed: &Seed) -> Result<Processed, String> {
-        self.process_batch(std::slice::from_ref(seed))
-            .map(|mut v| v.pop().unwrap_or_default())
+    fn tokens(&self) -> u64 {
+        super::engine_tokens(&*self.engine)
     }
 
-    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
+    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
         let system =
             (!self.cfg.system_prompt.is_empty()).then_some(self.cfg.system_prompt.as_str());
         let mut jobs = Vec::new();
@@ -83,7 +82,7 @@ impl Processor for Instruction<'_> {
                     ));
                     continue;
                 }
-                Err(e) => return Err(format!("engine failed on seed {}: {e}", seed.id)),
+                Err(e) => return Err(seed_failed(seed, e)),
             };
             if prompt.len() + self.cfg.max_tokens > self.engine.n_ctx() {
                 out[i] = Some(Processed {
@@ -116,7 +115,7 @@ impl Processor for Instruction<'_> {
         };
         let engine = &mut *self.engine;
         let results = batch_then_alone(&jobs, |js| sample_batch(engine, js, params, &rule))
-            .map_err(|(k, e)| format!("engine failed on seed {}: {e}", seeds[idx[k]].id))?;
+            .map_err(|(k, e)| seed_failed(&seeds[idx[k]], e))?;
         let settings =
             serde_json::json!({"recipe": "instruction", "best_of_n": self.cfg}).to_string();
         for (i, completions) in idx.into_iter().zip(results) {
@@ -153,6 +152,6 @@ impl Processor for Instruction<'_> {
             };
             out[i] = Some(filter_chains(&self.filters, seed, vec![chain]));
         }
-        Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
+        all_results(out)
     }
 }

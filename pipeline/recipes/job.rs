@@ -290,6 +290,14 @@ pub fn load(path: &Path) -> Result<Job, RecipeError> {
     parse(path, &text)
 }
 
+/// Validate a job built in code (the hidden `shard-worker`) with exactly the
+/// checks of a job file: it is written as TOML and parsed.
+pub fn from_file(file: &JobFile) -> Result<Job, RecipeError> {
+    let text = toml::to_string(file)
+        .map_err(|e| RecipeError::Job(format!("job settings: cannot be written as TOML: {e}")))?;
+    parse(Path::new("<job settings>"), &text)
+}
+
 /// Parse and validate job text (`path` is used in messages only).
 pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
     let file: JobFile = toml::from_str(text).map_err(|e| {

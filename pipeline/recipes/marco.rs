@@ -21,7 +21,7 @@ use crate::search::{
 };
 use crate::stages::filter::FilterChain;
 use crate::stages::reject_for;
-use crate::store::worker::{Processed, Processor};
+use crate::store::worker::{ProcessError, Processed, Processor};
 
 use super::{filter_chains, reject_seed, RecipeError, RowMeta};
 
@@ -251,13 +251,14 @@ impl MarcoCot<'_> {
 }
 
 impl Processor for MarcoCot<'_> {
-    fn process(&mut self, seed: &Seed) -> Result<Processed, String> {
-        self.process_batch(std::slice::from_ref(seed))
-            .map(|mut v| v.pop().unwrap_or_default())
+    fn tokens(&self) -> u64 {
+        super::engine_tokens(&*self.engine)
     }
 
-    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
-        let (outcomes, _) = self.run(seeds, &mut |_, _| {}).map_err(|e| e.to_string())?;
+    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
+        let (outcomes, _) = self
+            .run(seeds, &mut |_, _| {})
+            .map_err(|e| ProcessError::Fatal(Box::new(e)))?;
         Ok(outcomes.into_iter().map(|o| o.processed).collect())
     }
 }

@@ -9,6 +9,7 @@
 pub mod instruction;
 pub mod job;
 pub mod marco;
+pub mod metrics;
 pub mod open_o1;
 pub mod run;
 pub mod study;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use crate::engine::{ChatMessage, Engine, EngineError, Token};
 use crate::record::{Chain, Recipe, Reject, Seed};
 use crate::stages::filter::{FilterChain, FilterContext};
-use crate::store::worker::Processed;
+use crate::store::worker::{ProcessError, Processed};
 
 /// Errors of recipe setup and job files.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +183,36 @@ pub fn batch_then_alone<T, R>(
         }
     }
     Ok(out)
+}
+
+/// The engine's work counter (tokens sampled + evaluated), for
+/// [`crate::store::Processor::tokens`].
+pub fn engine_tokens(engine: &dyn Engine) -> u64 {
+    engine.stats().tokens_sampled + engine.stats().tokens_evaluated
+}
+
+/// The error for an engine failure on `seed` that is not the seed's fault:
+/// it stops the shard (a rerun resumes before the seed's batch).
+pub fn seed_failed(seed: &Seed, e: EngineError) -> ProcessError {
+    ProcessError::Seed {
+        seed_id: seed.id.clone(),
+        source: Box::new(e),
+    }
+}
+
+/// A batch's results from per-seed slots; a seed left without one is an
+/// error, so a recipe bug never drops a seed from the output silently.
+pub fn all_results(slots: Vec<Option<Processed>>) -> Result<Vec<Processed>, ProcessError> {
+    let want = slots.len();
+    let got: Vec<Processed> = slots.into_iter().flatten().collect();
+    if got.len() == want {
+        Ok(got)
+    } else {
+        Err(ProcessError::Short {
+            got: got.len(),
+            want,
+        })
+    }
 }
 
 /// The stable id of a chain: blake3 of seed id, recipe and a discriminator.

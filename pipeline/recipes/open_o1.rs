@@ -14,11 +14,11 @@ use crate::record::{Chain, Recipe, Seed};
 use crate::search::SearchPrompts;
 use crate::stages::filter::FilterChain;
 use crate::stages::format::check_format;
-use crate::store::worker::{Processed, Processor};
+use crate::store::worker::{ProcessError, Processed, Processor};
 
 use super::{
-    batch_then_alone, engine_reject, filter_chains, is_seed_error, reject_seed, seed_prompt_tokens,
-    step_ends, step_means, RowMeta,
+    all_results, batch_then_alone, engine_reject, filter_chains, is_seed_error, reject_seed,
+    seed_failed, seed_prompt_tokens, step_ends, step_means, RowMeta,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,12 +85,11 @@ impl OpenO1<'_> {
 }
 
 impl Processor for OpenO1<'_> {
-    fn process(&mut self, seed: &Seed) -> Result<Processed, String> {
-        self.process_batch(std::slice::from_ref(seed))
-            .map(|mut v| v.pop().unwrap_or_default())
+    fn tokens(&self) -> u64 {
+        super::engine_tokens(&*self.engine)
     }
 
-    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
+    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
         let prompts = SearchPrompts::default();
         let mut out: Vec<Option<Processed>> = vec![None; seeds.len()];
         // (seed index, context tokens, text tokens, reasoning, answer, text)
@@ -125,7 +124,7 @@ impl Processor for OpenO1<'_> {
                     out[i] = Some(engine_reject(seed, Recipe::OpenO1, "open_o1.prompt", &e));
                     continue;
                 }
-                Err(e) => return Err(format!("engine failed on seed {}: {e}", seed.id)),
+                Err(e) => return Err(seed_failed(seed, e)),
             };
             let n = ctx_toks.len() + text_toks.len();
             if n > self.cfg.max_tokens || n > self.engine.n_ctx() || text_toks.is_empty() {
@@ -143,7 +142,7 @@ impl Processor for OpenO1<'_> {
             .collect();
         let engine = &mut *self.engine;
         let scored = batch_then_alone(&items, |it| engine.score_many(it))
-            .map_err(|(k, e)| format!("engine failed on seed {}: {e}", seeds[work[k].0].id))?;
+            .map_err(|(k, e)| seed_failed(&seeds[work[k].0], e))?;
         let settings = self.settings();
         for ((i, _, text_toks, reasoning, answer, text), toks) in work.into_iter().zip(scored) {
             let seed = &seeds[i];
@@ -169,6 +168,6 @@ impl Processor for OpenO1<'_> {
             };
             out[i] = Some(filter_chains(&self.filters, seed, vec![chain]));
         }
-        Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
+        all_results(out)
     }
 }

@@ -20,7 +20,6 @@
 //!    leaves the index as it was, so the rerun decides the same);
 //! 5. write `final/done.json` last: the hand-off marker.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::record::{Chain, Recipe, Reject, Seed};
 use crate::stages::filter::FilterChain;
+use crate::store::events::{Event, EventSink};
 use crate::store::fingerprint::{hash_inputs, Fingerprint};
 use crate::store::ingest::{Ingest, IngestOptions};
 use crate::store::lease::{fence_of, Lease};
@@ -41,7 +41,7 @@ use crate::store::schema::{
     rejects_to_batch,
 };
 use crate::store::worker::{
-    changed_error, run_shard, Processed, Processor, ShardOptions, ShardOutcome,
+    changed_error, run_shard_with, ProcessError, Processed, Processor, ShardOptions, ShardOutcome,
 };
 use crate::store::{crash, fsio, ShardSpec};
 
@@ -49,7 +49,7 @@ use super::instruction::Instruction;
 use super::job::{Job, ValidRecipe};
 use super::marco::MarcoCot;
 use super::open_o1::OpenO1;
-use super::{Cancel, RecipeError, RowMeta};
+use super::{engine_tokens, Cancel, RecipeError, RowMeta};
 
 /// How a `run` invocation behaves.
 #[derive(Debug, Clone, Default)]
@@ -57,8 +57,6 @@ pub struct RunOptions {
     /// Run only this shard (an array worker); None = every shard, then finalize.
     pub shard: Option<ShardSpec>,
     pub cancel: Cancel,
-    /// Draw progress bars (else periodic log lines).
-    pub progress: bool,
 }
 
 /// What a run did, per recipe and shard.
@@ -84,85 +82,19 @@ pub struct FinalSummary {
     pub gate: Option<crate::report::gate::GateOutcome>,
 }
 
-/// Progress bar, periodic log lines and metrics samples of one shard run.
-struct ProgressState {
-    bar: indicatif::ProgressBar,
-    tty: bool,
-    last_log: Instant,
-    started: Instant,
-    accepted: u64,
-    rejected: u64,
-    done: u64,
-    total: u64,
-    tokens0: u64,
-    /// Accepted rows of earlier shards in this run, so metrics stay cumulative.
-    accepted_before: u64,
-    metrics: Option<std::fs::File>,
-    label: String,
-}
+/// A recipe processor and the signal flag: a set flag stops the shard
+/// between batches (finished work is already journaled).
+struct Cancellable<'a, P: ?Sized>(&'a mut P, Cancel);
 
-impl ProgressState {
-    fn update(&mut self, results: &[Processed], engine_tokens: u64) {
-        self.done += results.len() as u64;
-        self.accepted += results.iter().map(|p| p.accepted.len() as u64).sum::<u64>();
-        self.rejected += results.iter().map(|p| p.rejected.len() as u64).sum::<u64>();
-        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        let tokens = engine_tokens.saturating_sub(self.tokens0);
-        let tps = tokens as f64 / secs;
-        self.bar.set_position(self.done);
-        self.bar.set_message(format!(
-            "accepted {} rejected {} | {tps:.0} tok/s",
-            self.accepted, self.rejected
-        ));
-        if let Some(f) = &mut self.metrics {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            // Cumulative over the run: engine tokens and accepted chains of every shard so far.
-            let chains = self.accepted_before + self.accepted;
-            let _ = writeln!(
-                f,
-                "{}",
-                serde_json::json!({"t": now, "chains": chains, "tokens": engine_tokens})
-            );
+impl<P: Processor + ?Sized> Processor for Cancellable<'_, P> {
+    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, ProcessError> {
+        if self.1.is_set() {
+            return Err(ProcessError::Cancelled);
         }
-        if !self.tty
-            && (self.last_log.elapsed() >= Duration::from_secs(10) || self.done >= self.total)
-        {
-            self.last_log = Instant::now();
-            let eta = if self.done > 0 && self.total > self.done {
-                format!(
-                    "{:.0}s",
-                    secs / self.done as f64 * (self.total - self.done) as f64
-                )
-            } else {
-                "-".into()
-            };
-            eprintln!(
-                "[cotforge] {}: seeds {}/{} accepted {} rejected {} {tps:.0} tok/s eta {eta}",
-                self.label, self.done, self.total, self.accepted, self.rejected
-            );
-        }
+        self.0.process_batch(seeds)
     }
-}
-
-/// A recipe processor with its progress and the signal flag: a set flag
-/// stops the shard between batches (finished work is already journaled).
-struct WithProgress<'a, P>(&'a mut P, ProgressState, Cancel);
-
-impl<P: Processor + EngineTokens> Processor for WithProgress<'_, P> {
-    fn process(&mut self, seed: &Seed) -> Result<Processed, String> {
-        self.process_batch(std::slice::from_ref(seed))
-            .map(|mut v| v.pop().unwrap_or_default())
-    }
-    fn process_batch(&mut self, seeds: &[Seed]) -> Result<Vec<Processed>, String> {
-        if self.2.is_set() {
-            return Err(RecipeError::Interrupted.to_string());
-        }
-        let r = self.0.process_batch(seeds)?;
-        self.1.update(&r, self.0.engine_tokens());
-        Ok(r)
+    fn tokens(&self) -> u64 {
+        self.0.tokens()
     }
 }
 
@@ -188,8 +120,13 @@ fn shards_of(job: &Job, opts: &RunOptions) -> Vec<ShardSpec> {
 }
 
 /// Run (or resume) the job's shards; finalize when every shard is done and
-/// this invocation ran them all.
-pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RecipeError> {
+/// this invocation ran them all. What the shards do is reported to `sink`
+/// (progress, the metrics file: see [`super::metrics::MetricsSink`]).
+pub fn run_job(
+    job: &Job,
+    opts: &RunOptions,
+    sink: &mut dyn EventSink,
+) -> Result<RunSummary, RecipeError> {
     let out = &job.file.out;
     // Every input is opened (schema checked) before anything is written.
     for r in &job.recipes {
@@ -208,32 +145,20 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<RunSummary, RecipeError> 
         .iter()
         .map(|r| recipe_fingerprint(job, r, engine.model_hash()))
         .collect::<Result<Vec<_>, _>>()?;
-    let multi = indicatif::MultiProgress::new();
-    if !opts.progress {
-        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
     let mut summary = RunSummary::default();
-    let run_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     for (r, fingerprint) in job.recipes.iter().zip(&fingerprints) {
         for shard in shards_of(job, opts) {
             if opts.cancel.is_set() {
                 return Err(RecipeError::Interrupted);
             }
-            let accepted_before = summary.shards.iter().map(|(_, o)| o.accepted).sum();
             let run = ShardRun {
                 job,
                 recipe: r,
                 fingerprint,
                 meta: &meta,
                 opts,
-                multi: &multi,
-                run_id,
-                accepted_before,
             };
-            let outcome = run.run(shard, engine.as_mut())?;
+            let outcome = run.run(shard, engine.as_mut(), sink)?;
             summary.shards.push((r.spec.kind, outcome));
         }
     }
@@ -269,22 +194,21 @@ struct ShardRun<'a> {
     fingerprint: &'a Fingerprint,
     meta: &'a RowMeta,
     opts: &'a RunOptions,
-    multi: &'a indicatif::MultiProgress,
-    run_id: u64,
-    accepted_before: u64,
 }
 
 impl ShardRun<'_> {
-    fn run(&self, shard: ShardSpec, engine: &mut dyn Engine) -> Result<ShardOutcome, RecipeError> {
+    fn run(
+        &self,
+        shard: ShardSpec,
+        engine: &mut dyn Engine,
+        sink: &mut dyn EventSink,
+    ) -> Result<ShardOutcome, RecipeError> {
         let ShardRun {
             job,
             recipe: r,
             fingerprint,
             meta,
             opts,
-            multi,
-            run_id,
-            accepted_before,
         } = *self;
         let kind = r.spec.kind;
         let filters = FilterChain::from_configs(&r.filters)?;
@@ -296,7 +220,7 @@ impl ShardRun<'_> {
         let total = Ingest::open(&r.spec.seeds, ingest_options(job, shard))?
             .take_while(within)
             .count() as u64;
-        let mut sopts = ShardOptions::new(&job.file.out, kind.as_str(), shard);
+        let mut sopts = ShardOptions::new(&job.file.out, kind, shard);
         sopts.flush_every = job.file.store.flush_every;
         // Validated finite and >= 0 when the job was parsed.
         sopts.flush_interval =
@@ -308,51 +232,14 @@ impl ShardRun<'_> {
         };
         sopts.fingerprint = fingerprint.clone();
         sopts.lease_ttl = job.file.store.lease_seconds;
-        let bar = multi.add(indicatif::ProgressBar::new(total));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix:>24} [{bar:30}] {pos}/{len} seeds | {msg} | ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{kind} {}", shard.suffix()));
-        // One metrics file per run (and per worker of an array job).
-        let metrics_dir =
-            job.file
-                .out
-                .join("metrics")
-                .join(format!("run-{}-{}", run_id, shard.suffix()));
-        let metrics = fsio::ensure_dir(
-            &job.file.out,
-            &Path::new("metrics").join(format!("run-{}-{}", run_id, shard.suffix())),
-        )
-        .ok()
-        .and_then(|_| {
-            fsio::open_nofollow(
-                &metrics_dir.join("metrics.jsonl"),
-                std::fs::OpenOptions::new().create(true).append(true),
-            )
-            .ok()
+        sink.event(&Event::ShardStarted {
+            kind,
+            shard,
+            seeds: total,
+            tokens: engine_tokens(engine),
         });
         let cancel = opts.cancel.clone();
         let seeds = Ingest::open(&r.spec.seeds, ingest_options(job, shard))?.take_while(within);
-        let label = format!("{kind} {shard}");
-        let tty = opts.progress && std::io::stderr().is_terminal();
-        let progress = ProgressState {
-            bar,
-            tty,
-            last_log: Instant::now(),
-            started: Instant::now(),
-            accepted: 0,
-            rejected: 0,
-            done: 0,
-            total,
-            tokens0: engine.stats().tokens_sampled + engine.stats().tokens_evaluated,
-            accepted_before,
-            metrics,
-            label,
-        };
         let outcome = match kind {
             Recipe::OpenO1 => {
                 let mut p = OpenO1 {
@@ -361,7 +248,7 @@ impl ShardRun<'_> {
                     filters,
                     meta: meta.clone(),
                 };
-                track_and_run(&sopts, seeds, &mut p, progress, cancel)
+                run_shard_with(&sopts, seeds, &mut Cancellable(&mut p, cancel), sink)
             }
             Recipe::Instruction => {
                 let mut cfg = r.spec.instruction.clone().unwrap_or_default();
@@ -374,7 +261,7 @@ impl ShardRun<'_> {
                     filters,
                     meta: meta.clone(),
                 };
-                track_and_run(&sopts, seeds, &mut p, progress, cancel)
+                run_shard_with(&sopts, seeds, &mut Cancellable(&mut p, cancel), sink)
             }
             Recipe::MarcoCot => {
                 let trees =
@@ -389,52 +276,17 @@ impl ShardRun<'_> {
                     trees_dir: Some(trees),
                     judge: None,
                 };
-                track_and_run(&sopts, seeds, &mut p, progress, cancel)
+                run_shard_with(&sopts, seeds, &mut Cancellable(&mut p, cancel), sink)
             }
         };
         match outcome {
-            Err(crate::store::StoreError::Processor(m))
-                if opts.cancel.is_set() || m.contains("interrupted") =>
-            {
-                Err(RecipeError::Interrupted)
-            }
+            Err(crate::store::StoreError::Processor {
+                error: ProcessError::Cancelled,
+                ..
+            }) => Err(RecipeError::Interrupted),
             other => Ok(other?),
         }
     }
-}
-
-/// Engine-reading token counter for a processor that owns `&mut dyn Engine`.
-trait EngineTokens {
-    fn engine_tokens(&self) -> u64;
-}
-impl EngineTokens for OpenO1<'_> {
-    fn engine_tokens(&self) -> u64 {
-        self.engine.stats().tokens_sampled + self.engine.stats().tokens_evaluated
-    }
-}
-impl EngineTokens for Instruction<'_> {
-    fn engine_tokens(&self) -> u64 {
-        self.engine.stats().tokens_sampled + self.engine.stats().tokens_evaluated
-    }
-}
-impl EngineTokens for MarcoCot<'_> {
-    fn engine_tokens(&self) -> u64 {
-        self.engine.stats().tokens_sampled + self.engine.stats().tokens_evaluated
-    }
-}
-
-/// Progress + metrics around a processor, then the shard worker.
-fn track_and_run<P: Processor + EngineTokens>(
-    sopts: &ShardOptions,
-    seeds: impl Iterator<Item = Result<crate::store::ingest::IngestItem, crate::store::StoreError>>,
-    p: &mut P,
-    progress: ProgressState,
-    cancel: Cancel,
-) -> Result<ShardOutcome, crate::store::StoreError> {
-    let bar = progress.bar.clone();
-    let r = run_shard(sopts, seeds, &mut WithProgress(p, progress, cancel));
-    bar.finish_and_clear();
-    r
 }
 
 /// Paths of every shard's files for `job`, and whether all are done.

@@ -13,12 +13,14 @@
 //! OUT/shards/<kind>/lock-00003-of-00008.lock         flock'ed lock file (pid + hostname)
 //! OUT/shards/<kind>/lease-00003-of-00008.json        lease beside the lock (host, pid, heartbeat)
 //! ```
-//! `<kind>` is the recipe name (`open_o1`, `marco_cot`, `instruction`) or any
-//! other label a caller chooses (the hidden `shard-worker` uses `scripted`).
+//! `<kind>` is the recipe name (`open_o1`, `marco_cot`, `instruction`):
+//! [`ShardOptions::kind`] is a [`crate::record::Recipe`]. Readers of an output
+//! (`status`, `verify`) take whatever directory names they find.
 //! A shard's two Parquet files are always written, even when empty, so a
 //! reader can count on them. The journal is deleted once the marker exists.
 
 pub mod crash;
+pub mod events;
 pub mod fingerprint;
 pub mod fsio;
 pub mod import;
@@ -37,7 +39,9 @@ use std::path::{Path, PathBuf};
 
 pub use ingest::{Ingest, IngestItem, IngestOptions, IngestRow};
 pub use shard::{shard_of, ShardSpec};
-pub use worker::{run_shard, Processed, Processor, ShardOptions, ShardOutcome};
+pub use worker::{
+    run_shard, run_shard_with, ProcessError, Processed, Processor, ShardOptions, ShardOutcome,
+};
 
 /// Errors of the data plane. Every variant names the file it is about.
 #[derive(Debug, thiserror::Error)]
@@ -109,8 +113,13 @@ pub enum StoreError {
     },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("processor: {0}")]
-    Processor(String),
+    /// The processor failed on a batch (`on` names its seeds and rows).
+    #[error("processor: {error} ({on})")]
+    Processor {
+        #[source]
+        error: worker::ProcessError,
+        on: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -19,10 +19,9 @@
 //! frame becomes a reject; a processor error stops it naming the seeds of
 //! the batch (recipes turn per-seed failures into rejects themselves).
 //!
-//! Wiring a recipe (the hidden `shard-worker` command in `cli/store.rs` is a
-//! complete example with the scripted engine and batching):
+//! Wiring a recipe (`recipes::run` wires the real ones; this is the minimum):
 //! ```no_run
-//! use cotforge::record::{Chain, Seed};
+//! use cotforge::record::{Chain, Recipe, Seed};
 //! use cotforge::store::shard::resolve_shard;
 //! use cotforge::store::{run_shard, Ingest, IngestOptions, Processed, ShardOptions};
 //!
@@ -31,13 +30,13 @@
 //! let shard = resolve_shard(None, None, &env)?; // SLURM / Kubernetes defaults
 //! let seeds = ["data/seeds/gsm8k.parquet"];
 //! let ingest = Ingest::open(&seeds, IngestOptions { shard: Some(shard), ..Default::default() })?;
-//! let mut opts = ShardOptions::new("out", "marco_cot", shard);
+//! let mut opts = ShardOptions::new("out", Recipe::MarcoCot, shard);
 //! opts.fingerprint = "blake3 of inputs + settings".into();
 //! let mut recipe = |seed: &Seed| -> Result<Processed, String> {
 //!     Ok(Processed { accepted: vec![Chain { seed_id: seed.id.clone(), ..Default::default() }], rejected: vec![] })
 //! };
 //! let outcome = run_shard(&opts, ingest, &mut recipe)?;
-//! println!("{outcome:?}");
+//! assert!(outcome.resumed <= outcome.seeds);
 //! # Ok(()) }
 //! ```
 
@@ -45,6 +44,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::events::{Event, EventSink};
 use super::fingerprint::Fingerprint;
 use super::fsio;
 use super::ingest::{IngestItem, IngestRow};
@@ -57,7 +57,7 @@ use super::manifest::{read_json, write_json, DoneMarker, Manifest, ShardPaths, M
 use super::parquet_io::{tmp_path, write_parquet, CommittedFile, WriteOptions};
 use super::schema::{chains_schema, chains_to_batch, rejects_schema, rejects_to_batch};
 use super::{blake3_output, crash, io_err, Result, ShardSpec, StoreError};
-use crate::record::{Chain, Reject, Seed};
+use crate::record::{Chain, Recipe, Reject, Seed};
 use arrow::array::RecordBatch;
 
 /// What a processor made of one seed.
@@ -67,24 +67,67 @@ pub struct Processed {
     pub rejected: Vec<Reject>,
 }
 
-/// A recipe as the worker sees it. Must be deterministic: same seed, same result.
-pub trait Processor {
-    /// Process one seed. An `Err` stops the shard (work done so far is kept).
-    fn process(&mut self, seed: &Seed) -> std::result::Result<Processed, String>;
+/// A boxed error of the layer below (engine, search, ...), kept as its source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-    /// Process several seeds at once (recipes override this to put many
-    /// seeds' sequences into one decode batch). Returns one result per seed, in order.
-    fn process_batch(&mut self, seeds: &[Seed]) -> std::result::Result<Vec<Processed>, String> {
-        seeds.iter().map(|s| self.process(s)).collect()
+/// Why a processor returned no results for a batch. Every variant stops the
+/// shard (work journaled so far is kept; a rerun resumes before the batch):
+/// a failure that belongs to one seed's *input* is not an error but a reject.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The run was cancelled (a signal) before the batch.
+    #[error("interrupted by a signal")]
+    Cancelled,
+    /// The engine failed on this seed for a reason that is not the seed's
+    /// (a backend error); the seed is named so a rerun can be checked.
+    #[error("engine failed on seed {seed_id}: {source}")]
+    Seed {
+        seed_id: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The engine or the recipe failed as a whole.
+    #[error("{0}")]
+    Fatal(BoxError),
+    /// A processor broke its contract: not one result per seed, in order.
+    #[error("process_batch returned {got} results for {want} seeds")]
+    Short { got: usize, want: usize },
+}
+
+impl From<String> for ProcessError {
+    fn from(s: String) -> Self {
+        ProcessError::Fatal(s.into())
     }
 }
 
+/// A recipe as the worker sees it. Must be deterministic: same seed, same result.
+pub trait Processor {
+    /// Process a batch of seeds at once (recipes put many seeds' sequences
+    /// into one decode batch). Returns one result per seed, in order; fewer
+    /// is an error ([`ProcessError::Short`]), never an empty result.
+    fn process_batch(
+        &mut self,
+        seeds: &[Seed],
+    ) -> std::result::Result<Vec<Processed>, ProcessError>;
+
+    /// The work counter of the engine behind the processor (tokens sampled
+    /// + evaluated), reported after each batch ([`Event::BatchDone`]).
+    fn tokens(&self) -> u64 {
+        0
+    }
+}
+
+/// A closure over one seed is a processor (tests, small tools); its `Err`
+/// is a [`ProcessError::Fatal`].
 impl<F> Processor for F
 where
     F: FnMut(&Seed) -> std::result::Result<Processed, String>,
 {
-    fn process(&mut self, seed: &Seed) -> std::result::Result<Processed, String> {
-        self(seed)
+    fn process_batch(
+        &mut self,
+        seeds: &[Seed],
+    ) -> std::result::Result<Vec<Processed>, ProcessError> {
+        seeds.iter().map(|s| self(s).map_err(Into::into)).collect()
     }
 }
 
@@ -92,8 +135,9 @@ where
 #[derive(Debug, Clone)]
 pub struct ShardOptions {
     pub out_dir: PathBuf,
-    /// Shard kind: the recipe name or another label; the directory under `OUT/shards/`.
-    pub kind: String,
+    /// The recipe whose shard this is; its name is the directory under
+    /// `OUT/shards/` and the `kind` of the journal, manifest and marker.
+    pub kind: Recipe,
     pub shard: ShardSpec,
     /// Journal fsync after this many results...
     pub flush_every: usize,
@@ -104,8 +148,6 @@ pub struct ShardOptions {
     pub write: WriteOptions,
     /// Identity of inputs and settings; a journal or marker of another job is refused.
     pub fingerprint: Fingerprint,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
     /// Lease lifetime in seconds (0: no lease, flock only).
     pub lease_ttl: u64,
     /// Largest journal entry; a bigger result becomes a reject.
@@ -113,23 +155,22 @@ pub struct ShardOptions {
 }
 
 impl ShardOptions {
-    pub fn new(out_dir: impl Into<PathBuf>, kind: &str, shard: ShardSpec) -> Self {
+    pub fn new(out_dir: impl Into<PathBuf>, kind: Recipe, shard: ShardSpec) -> Self {
         Self {
             out_dir: out_dir.into(),
-            kind: kind.into(),
+            kind,
             shard,
             flush_every: 64,
             flush_interval: Duration::from_secs(5),
             batch_seeds: 16,
             write: WriteOptions::default(),
             fingerprint: Fingerprint::default(),
-            progress: false,
             lease_ttl: DEFAULT_TTL_SECONDS,
             max_frame: MAX_FRAME as usize,
         }
     }
     pub fn paths(&self) -> ShardPaths {
-        ShardPaths::new(&self.out_dir, &self.kind, self.shard)
+        ShardPaths::new(&self.out_dir, self.kind.as_str(), self.shard)
     }
 }
 
@@ -161,10 +202,24 @@ where
     I: IntoIterator<Item = Result<IngestItem>>,
     P: Processor + ?Sized,
 {
+    run_shard_with(opts, seeds, processor, &mut ())
+}
+
+/// [`run_shard`], reporting what it journals and commits to `sink`.
+pub fn run_shard_with<I, P>(
+    opts: &ShardOptions,
+    seeds: I,
+    processor: &mut P,
+    sink: &mut dyn EventSink,
+) -> Result<ShardOutcome>
+where
+    I: IntoIterator<Item = Result<IngestItem>>,
+    P: Processor + ?Sized,
+{
     let paths = opts.paths();
     fsio::ensure_dir(
         &opts.out_dir,
-        &std::path::Path::new("shards").join(&opts.kind),
+        &std::path::Path::new("shards").join(opts.kind.as_str()),
     )?;
     let lock = ShardLock::acquire(&paths.lock())?;
     let lease = Lease::acquire_with(
@@ -186,7 +241,7 @@ where
         fsio::refuse_symlink(&p)?;
     }
     if paths.done().exists() {
-        return already_done(opts, &paths);
+        return Ok(committed_event(opts, already_done(opts, &paths)?, sink));
     }
     for p in [
         paths.chains(),
@@ -199,7 +254,7 @@ where
 
     let header = JournalHeader {
         format: JOURNAL_FORMAT.into(),
-        kind: opts.kind.clone(),
+        kind: opts.kind.to_string(),
         shard: opts.shard,
         fingerprint: opts.fingerprint.clone(),
     };
@@ -215,31 +270,83 @@ where
     let resumed = done.len() as u64;
     if resumed > 0 {
         tracing::info!("{}: resuming, {resumed} rows already done", opts.shard);
+        sink.event(&Event::Resumed {
+            kind: opts.kind,
+            shard: opts.shard,
+            rows: resumed,
+        });
     }
 
-    let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new_spinner();
-        b.set_message(format!("{} {}", opts.kind, opts.shard));
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
+    let mut w = Writer {
+        journal: &mut journal,
+        sink,
     };
-    let result = process_input(opts, &paths, seeds, processor, &mut journal, &done, &bar);
+    let result = process_input(opts, &paths, seeds, processor, &mut w, &done);
     // Keep every finished result, also when the input or the processor failed.
     let flushed = journal.flush();
     result?;
     flushed?;
     drop(journal);
-    bar.finish_and_clear();
     let out = finish(opts, &paths, &fence)?;
     drop(lease);
     drop(lock);
-    Ok(ShardOutcome { resumed, ..out })
+    Ok(committed_event(opts, ShardOutcome { resumed, ..out }, sink))
 }
 
-/// Journal `entry`; one too large for a frame is replaced by a reject saying so.
-fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result<()> {
+/// Report the shard's end to `sink`; returns `out`.
+fn committed_event(
+    opts: &ShardOptions,
+    out: ShardOutcome,
+    sink: &mut dyn EventSink,
+) -> ShardOutcome {
+    sink.event(&Event::ShardCommitted {
+        kind: opts.kind,
+        shard: opts.shard,
+        state: out.state,
+        seeds: out.seeds,
+        accepted: out.accepted,
+        rejected: out.rejected,
+    });
+    out
+}
+
+/// The journal of a running shard, and the sink told what goes into it.
+struct Writer<'a> {
+    journal: &'a mut Journal,
+    sink: &'a mut dyn EventSink,
+}
+
+impl Writer<'_> {
+    /// Journal `entry` and report what was journaled.
+    fn append(&mut self, entry: JournalEntry, seed_json: &str) -> Result<()> {
+        let entry = append(self.journal, entry, seed_json)?;
+        for c in &entry.accepted {
+            self.sink.event(&Event::ChainAccepted {
+                seed_id: c.seed_id.clone(),
+                chain_id: c.id.clone(),
+            });
+        }
+        for r in &entry.rejected {
+            self.sink.event(&Event::ChainRejected {
+                seed_id: r.seed_id.clone(),
+                chain_id: r.chain_id.clone(),
+                stage: r.stage.clone(),
+            });
+        }
+        self.sink.event(&Event::SeedDone {
+            seed_id: entry.seed_id,
+            accepted: entry.accepted.len() as u64,
+            rejected: entry.rejected.len() as u64,
+        });
+        Ok(())
+    }
+}
+
+/// Journal `entry`; one too large for a frame is replaced by a reject saying
+/// so. Returns the entry journaled.
+fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result<JournalEntry> {
     match journal.append(&entry) {
+        Ok(()) => Ok(entry),
         Err(StoreError::FrameTooLarge { bytes, max, .. }) => {
             // Keep as much of the seed as fits, so the reject itself is journaled.
             let keep = (max as usize / 2).min(seed_json.len());
@@ -260,7 +367,7 @@ fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result
                 "seed {}: result of {bytes} bytes is over the journal's frame limit; rejected",
                 entry.seed_id
             );
-            journal.append(&JournalEntry {
+            let reject = JournalEntry {
                 ordinal: entry.ordinal,
                 seed_id: entry.seed_id.clone(),
                 accepted: Vec::new(),
@@ -275,9 +382,11 @@ fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result
                     ),
                     row,
                 }],
-            })
+            };
+            journal.append(&reject)?;
+            Ok(reject)
         }
-        other => other,
+        Err(e) => Err(e),
     }
 }
 
@@ -287,9 +396,8 @@ fn process_input<I, P>(
     paths: &ShardPaths,
     seeds: I,
     processor: &mut P,
-    journal: &mut Journal,
+    w: &mut Writer<'_>,
     done: &HashMap<u64, String>,
-    bar: &indicatif::ProgressBar,
 ) -> Result<()>
 where
     I: IntoIterator<Item = Result<IngestItem>>,
@@ -319,8 +427,7 @@ where
         match item.row {
             IngestRow::Reject(r) => {
                 let row = r.row.clone();
-                append(
-                    journal,
+                w.append(
                     JournalEntry {
                         ordinal: item.ordinal,
                         seed_id: r.seed_id.clone(),
@@ -333,52 +440,59 @@ where
             IngestRow::Seed(s) => {
                 batch.push((item.ordinal, s));
                 if batch.len() >= opts.batch_seeds.max(1) {
-                    run_batch(batch, processor, journal)?;
+                    run_batch(batch, processor, w)?;
                 }
             }
         }
-        bar.inc(1);
     }
-    run_batch(batch, processor, journal)?;
+    run_batch(batch, processor, w)?;
     Ok(())
 }
 
 fn run_batch<P: Processor + ?Sized>(
     batch: &mut Vec<(u64, Seed)>,
     processor: &mut P,
-    journal: &mut Journal,
+    w: &mut Writer<'_>,
 ) -> Result<()> {
     if batch.is_empty() {
         return Ok(());
     }
     let seeds: Vec<Seed> = batch.iter().map(|(_, s)| s.clone()).collect();
-    let results = processor.process_batch(&seeds).map_err(|e| {
-        // Name the seeds the failure happened on; a rerun resumes before them.
-        let ids: Vec<&str> = seeds.iter().map(|s| s.id.as_str()).take(8).collect();
-        let more = if seeds.len() > 8 {
-            format!(" and {} more", seeds.len() - 8)
-        } else {
-            String::new()
-        };
-        StoreError::Processor(format!(
-            "{e} (on seeds {}{more}, input rows {}..={})",
-            ids.join(", "),
-            batch.first().map_or(0, |b| b.0),
-            batch.last().map_or(0, |b| b.0)
-        ))
-    })?;
-    if results.len() != seeds.len() {
-        return Err(StoreError::Processor(format!(
-            "process_batch returned {} results for {} seeds",
-            results.len(),
-            seeds.len()
-        )));
-    }
+    let results = processor
+        .process_batch(&seeds)
+        .and_then(|r| {
+            if r.len() == seeds.len() {
+                Ok(r)
+            } else {
+                Err(ProcessError::Short {
+                    got: r.len(),
+                    want: seeds.len(),
+                })
+            }
+        })
+        .map_err(|error| {
+            // Name the seeds the failure happened on; a rerun resumes before them.
+            let ids: Vec<&str> = seeds.iter().map(|s| s.id.as_str()).take(8).collect();
+            let more = if seeds.len() > 8 {
+                format!(" and {} more", seeds.len() - 8)
+            } else {
+                String::new()
+            };
+            StoreError::Processor {
+                error,
+                on: format!(
+                    "on seeds {}{more}, input rows {}..={}",
+                    ids.join(", "),
+                    batch.first().map_or(0, |b| b.0),
+                    batch.last().map_or(0, |b| b.0)
+                ),
+            }
+        })?;
     crash::point("worker.processed");
+    let n = batch.len() as u64;
     for ((ordinal, seed), p) in batch.drain(..).zip(results) {
         let json = serde_json::to_string(&seed).unwrap_or_default();
-        append(
-            journal,
+        w.append(
             JournalEntry {
                 ordinal,
                 seed_id: seed.id,
@@ -388,6 +502,10 @@ fn run_batch<P: Processor + ?Sized>(
             &json,
         )?;
     }
+    w.sink.event(&Event::BatchDone {
+        seeds: n,
+        tokens: processor.tokens(),
+    });
     Ok(())
 }
 
@@ -536,8 +654,8 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths, fence: &Fence) -> Result<Shar
     };
 
     let mut manifest = match read_json::<Manifest>(&paths.manifest()) {
-        Ok(m) if m.kind == opts.kind && m.shard_index == opts.shard.index => m,
-        _ => Manifest::new(&opts.kind, opts.shard),
+        Ok(m) if m.kind == opts.kind.as_str() && m.shard_index == opts.shard.index => m,
+        _ => Manifest::new(opts.kind.as_str(), opts.shard),
     };
     let rg = opts.write.row_group_rows.max(1);
     let name = |p: PathBuf| {
@@ -578,7 +696,7 @@ fn finish(opts: &ShardOptions, paths: &ShardPaths, fence: &Fence) -> Result<Shar
     crash::point("marker.before");
     let marker = DoneMarker {
         format: MARKER_FORMAT.into(),
-        kind: opts.kind.clone(),
+        kind: opts.kind.to_string(),
         shard_index: opts.shard.index,
         num_shards: opts.shard.count,
         seeds,

@@ -8,9 +8,10 @@ use std::sync::OnceLock;
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{Field, Schema};
-use cotforge::record::Seed;
+use cotforge::record::{Recipe, Seed};
 use cotforge::store::parquet_io::{read_parquet, write_parquet, WriteOptions};
 use cotforge::store::schema::{batch_to_chains, batch_to_rejects, seeds_schema, seeds_to_batch};
+use cotforge::store::{ShardOptions, ShardSpec};
 
 fn has_shard_worker(p: &Path) -> bool {
     Command::new(p)
@@ -86,6 +87,17 @@ pub fn synthetic_seeds(n: usize) -> Vec<Seed> {
             }
         })
         .collect()
+}
+
+/// 20 synthetic seeds written into `dir`, and the options of one shard over
+/// them (batches of 4), for in-process worker tests.
+pub fn small_shard(dir: &Path) -> (PathBuf, ShardOptions) {
+    let seeds = dir.join("seeds.parquet");
+    write_seeds(&seeds, &synthetic_seeds(20));
+    let mut o = ShardOptions::new(dir.join("out"), Recipe::Instruction, ShardSpec::single());
+    o.batch_seeds = 4;
+    o.fingerprint = "fp".into();
+    (seeds, o)
 }
 
 pub fn write_seeds(path: &Path, seeds: &[Seed]) {
