@@ -101,6 +101,53 @@ pub struct Chain {
     pub agreement: Option<f64>,
 }
 
+/// The stable id of a chain: blake3 of seed id, recipe and a discriminator
+/// (the chain's node path for `marco_cot`, its index otherwise), hex.
+pub fn chain_id(seed_id: &str, recipe: Recipe, discriminator: &str) -> String {
+    blake3::hash(format!("{seed_id}\u{1f}{recipe}\u{1f}{discriminator}").as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// A seed id as a 64-bit number (the first 8 bytes of its blake3, little
+/// endian): what per-seed random streams are derived from, so a seed's draws
+/// do not depend on its position in the file.
+pub fn seed_hash(id: &str) -> u64 {
+    let h = blake3::hash(id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// Job-level facts every chain row carries (the search and the recipes do
+/// not know them; the runner does).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowMeta {
+    pub model: String,
+    pub model_blake3: String,
+    pub created_at: i64,
+}
+
+impl RowMeta {
+    /// A chain row of `seed` with every seed- and job-level field filled; the
+    /// recipe sets the generated parts with struct-update syntax.
+    pub fn chain(&self, seed: &Seed, recipe: Recipe, discriminator: &str, settings: &str) -> Chain {
+        Chain {
+            id: chain_id(&seed.id, recipe, discriminator),
+            seed_id: seed.id.clone(),
+            recipe: Some(recipe),
+            system: seed.system.clone(),
+            prompt: seed.prompt.clone(),
+            reference_answer: seed.reference_answer.clone(),
+            model: self.model.clone(),
+            model_blake3: self.model_blake3.clone(),
+            settings: settings.to_string(),
+            created_at: self.created_at,
+            ..Chain::default()
+        }
+    }
+}
+
 /// A row that did not ship, with why (schemas/rejects.json).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Reject {

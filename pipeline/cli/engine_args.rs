@@ -9,7 +9,7 @@ use crate::engine::{Engine, EngineConfig, EngineKind, HttpConfig};
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// GGUF model file (llama engine).
-    #[arg(long, default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    #[arg(long, default_value = crate::engine::DEFAULT_MODEL)]
     pub model: PathBuf,
     #[arg(long, value_enum, default_value_t = EngineKind::Llama)]
     pub engine: EngineKind,

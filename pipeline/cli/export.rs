@@ -162,7 +162,8 @@ pub fn run_report(a: ReportArgs) -> anyhow::Result<ExitCode> {
         gate: None,
     }
     .render();
-    std::fs::write(&a.html, page).with_context(|| format!("writing {}", a.html.display()))?;
+    crate::store::fsio::commit_bytes(&a.html, page.as_bytes())
+        .with_context(|| format!("writing {}", a.html.display()))?;
     println!("wrote {}", a.html.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -64,11 +64,15 @@ pub struct EngineConfig {
     pub http: HttpConfig,
 }
 
+/// The model every command and job uses when none is named: the small model
+/// the tests run (scripts/setup.sh downloads it).
+pub const DEFAULT_MODEL: &str = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             kind: EngineKind::Llama,
-            model: PathBuf::from("data/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            model: PathBuf::from(DEFAULT_MODEL),
             n_ctx: 8192,
             n_batch: 2048,
             n_ubatch: 512,

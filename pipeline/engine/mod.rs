@@ -28,7 +28,7 @@ pub mod scripted;
 use serde::{Deserialize, Serialize};
 
 pub use confidence::{confidence, top_k_logits, TOP_K};
-pub use config::{EngineConfig, EngineKind, FlashAttn, HttpConfig, RateLimit};
+pub use config::{EngineConfig, EngineKind, FlashAttn, HttpConfig, RateLimit, DEFAULT_MODEL};
 pub use core::{Backend, BatchEntry, Core, CoreLimits};
 #[cfg(feature = "llama")]
 pub use llama::LlamaEngine;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::generate::{sample_batch, SampleJob, StopRule};
 use crate::engine::sampling::derive_seed;
 use crate::engine::{Engine, SamplingParams};
-use crate::record::{Chain, Recipe, Seed};
+use crate::record::{seed_hash, Chain, Recipe, Seed};
 use crate::stages::filter::FilterChain;
 use crate::store::worker::{Processed, Processor};
 
@@ -50,13 +50,6 @@ pub struct Instruction<'e> {
     pub cfg: InstructionConfig,
     pub filters: FilterChain,
     pub meta: RowMeta,
-}
-
-fn seed_hash(id: &str) -> u64 {
-    let h = blake3::hash(id.as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(b)
 }
 
 impl Processor for Instruction<'_> {

@@ -16,8 +16,8 @@ use crate::record::{Chain, Recipe, Reject, Seed};
 use crate::search::driver::Outcome;
 use crate::search::ship::decide;
 use crate::search::{
-    run_trees, ChainMeta, DriverConfig, DriverReport, Judge, Progress, SearchConfig, TreeResult,
-    TreeSearch, Verifier,
+    run_trees, DriverConfig, DriverReport, Judge, Progress, SearchConfig, TreeResult, TreeSearch,
+    Verifier,
 };
 use crate::stages::filter::FilterChain;
 use crate::stages::reject_for;
@@ -98,14 +98,6 @@ fn seed_reject(seed: &Seed, stage: &str, reason: String) -> SeedOutcome {
 }
 
 impl MarcoCot<'_> {
-    fn chain_meta(&self) -> ChainMeta {
-        ChainMeta {
-            model: self.meta.model.clone(),
-            model_blake3: self.meta.model_blake3.clone(),
-            created_at: self.meta.created_at,
-        }
-    }
-
     fn ensure_judge(&mut self) -> Result<(), RecipeError> {
         if self.judge.is_none() && self.search.value.uses(crate::search::ValueKind::Judge) {
             let cfg = self.search.judge.as_ref().ok_or_else(|| {
@@ -180,7 +172,7 @@ impl MarcoCot<'_> {
 
     /// The ship policy, then the filters over what ships.
     fn ship(&self, seed: &Seed, r: TreeResult) -> SeedOutcome {
-        let rows = r.to_chains(seed, &self.chain_meta());
+        let rows = r.to_chains(seed, &self.meta);
         if rows.is_empty() {
             let mut o = seed_reject(
                 seed,

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::engine::{ChatMessage, Engine, EngineError, Token};
+pub use crate::record::{chain_id, RowMeta};
 use crate::record::{Chain, Recipe, Reject, Seed};
 use crate::stages::filter::{FilterChain, FilterContext};
 use crate::store::worker::Processed;
@@ -50,34 +51,6 @@ impl Cancel {
     }
     pub fn set(&self) {
         self.0.store(true, Ordering::SeqCst)
-    }
-}
-
-/// Job-level facts every chain row carries.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RowMeta {
-    pub model: String,
-    pub model_blake3: String,
-    pub created_at: i64,
-}
-
-impl RowMeta {
-    /// A chain row of `seed` with every seed- and job-level field filled; the
-    /// recipe sets the generated parts with struct-update syntax.
-    pub fn chain(&self, seed: &Seed, recipe: Recipe, discriminator: &str, settings: &str) -> Chain {
-        Chain {
-            id: chain_id(&seed.id, recipe, discriminator),
-            seed_id: seed.id.clone(),
-            recipe: Some(recipe),
-            system: seed.system.clone(),
-            prompt: seed.prompt.clone(),
-            reference_answer: seed.reference_answer.clone(),
-            model: self.model.clone(),
-            model_blake3: self.model_blake3.clone(),
-            settings: settings.to_string(),
-            created_at: self.created_at,
-            ..Chain::default()
-        }
     }
 }
 
@@ -182,13 +155,6 @@ pub fn batch_then_alone<T, R>(
         }
     }
     Ok(out)
-}
-
-/// The stable id of a chain: blake3 of seed id, recipe and a discriminator.
-pub fn chain_id(seed_id: &str, recipe: Recipe, discriminator: &str) -> String {
-    blake3::hash(format!("{seed_id}\u{1f}{recipe}\u{1f}{discriminator}").as_bytes())
-        .to_hex()
-        .to_string()
 }
 
 /// A seed-level rejection (nothing was generated for it).

@@ -242,10 +242,7 @@ impl TreeSearch {
             reflection_plain: engine.tokenize(&plain_text, false)?,
             reflection_plain_text: plain_text,
         };
-        let id_hash = blake3::hash(seed.id.as_bytes());
-        let mut h = [0u8; 8];
-        h.copy_from_slice(&id_hash.as_bytes()[..8]);
-        let tree_seed = derive_seed(cfg.seed, u64::from_le_bytes(h));
+        let tree_seed = derive_seed(cfg.seed, crate::record::seed_hash(&seed.id));
         // One chain must fit one sequence: prompt, a thought token, the close
         // tag and a whole answer.
         let need = tokens.len() + 1 + inj.close.len() + cfg.answer_max_tokens as usize;

@@ -54,17 +54,6 @@ impl FilterConfig {
             FilterConfig::Language(c) => Filter::Language(c.build()?),
         })
     }
-
-    /// A sensible default list for reasoning recipes.
-    pub fn defaults() -> Vec<FilterConfig> {
-        vec![
-            FilterConfig::Format(FormatConfig::default()),
-            FilterConfig::Length(LengthConfig::default()),
-            FilterConfig::Repetition(RepetitionConfig::default()),
-            FilterConfig::Verify(VerifyConfig::default()),
-            FilterConfig::Reward(RewardConfig::default()),
-        ]
-    }
 }
 
 /// A built filter.
