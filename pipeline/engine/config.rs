@@ -90,7 +90,7 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Check the settings that would otherwise trip a llama.cpp assertion.
     pub fn validate(&self) -> Result<()> {
-        let bad = |reason: String| Err(EngineError::Backend(format!("engine settings: {reason}")));
+        let bad = |reason: String| Err(EngineError::Config(reason));
         if self.n_parallel == 0 {
             return bad("n_parallel must be at least 1".into());
         }
@@ -142,7 +142,7 @@ impl EngineConfig {
             #[cfg(feature = "llama")]
             EngineKind::Llama => Ok(Box::new(super::LlamaEngine::load(self)?)),
             #[cfg(not(feature = "llama"))]
-            EngineKind::Llama => Err(EngineError::Backend(
+            EngineKind::Llama => Err(EngineError::Unsupported(
                 "this cotforge was built without the `llama` feature; use the scripted engine or rebuild with default features".into(),
             )),
             EngineKind::Http => Ok(Box::new(super::http::HttpEngine::connect(self)?)),
@@ -233,9 +233,7 @@ impl HttpConfig {
     /// Check what can be checked without a network: URLs, bounds, the key variable.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, reason: String| {
-            Err(EngineError::Backend(format!(
-                "engine settings: http.{field}: {reason}"
-            )))
+            Err(EngineError::Config(format!("http.{field}: {reason}")))
         };
         if self.base_urls.is_empty() {
             return bad(

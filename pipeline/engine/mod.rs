@@ -114,6 +114,10 @@ pub enum EngineError {
     Template(String),
     #[error("llama.cpp: {0}")]
     Backend(String),
+    /// Engine settings that cannot work (`[engine]` of a job, the engine
+    /// flags): caught before anything is loaded.
+    #[error("engine settings: {0}")]
+    Config(String),
     /// An inference server cannot be used (start-up checks); names the URL and what to do.
     #[error("{url}: {reason}")]
     Server { url: String, reason: String },

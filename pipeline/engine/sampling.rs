@@ -35,6 +35,14 @@ impl SamplingParams {
     }
 }
 
+/// Temperature of sampled text when a config names none (best-of-n samples,
+/// search expansions, the decode benchmark). Below 1 so a small model stays
+/// coherent, above 0 so siblings and samples differ.
+pub const DEFAULT_TEMPERATURE: f32 = 0.7;
+/// Nucleus (top-p) cut that goes with [`DEFAULT_TEMPERATURE`]: drops the
+/// long tail of unlikely tokens that derails small models.
+pub const DEFAULT_TOP_P: f32 = 0.9;
+
 /// SplitMix64 finalizer: a well-mixed 64-bit hash of a 64-bit input. The one
 /// copy: seeds, sampling draws, the scripted model and the MinHash permutations
 /// (`stages::minhash`) all mix with it.

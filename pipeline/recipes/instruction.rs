@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::generate::{sample_batch, SampleJob, StopRule};
-use crate::engine::sampling::derive_seed;
+use crate::engine::sampling::{derive_seed, DEFAULT_TEMPERATURE, DEFAULT_TOP_P};
 use crate::engine::{Engine, SamplingParams};
 use crate::record::{seed_hash, Chain, Recipe, Seed};
 use crate::stages::filter::FilterChain;
@@ -36,8 +36,8 @@ impl Default for InstructionConfig {
     fn default() -> Self {
         Self {
             n: 4,
-            temperature: 0.7,
-            top_p: 0.9,
+            temperature: DEFAULT_TEMPERATURE,
+            top_p: DEFAULT_TOP_P,
             max_tokens: 256,
             system_prompt: String::new(),
             seed: 0,

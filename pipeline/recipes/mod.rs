@@ -1,4 +1,4 @@
-//! Recipes: the three shard kinds of DESIGN.md, each a [`Processor`] the shard
+//! Recipes: the three shard kinds of DESIGN.md, each a [`Processor`](crate::store::worker::Processor) the shard
 //! worker drives. A recipe turns a batch of seeds into chains with one engine
 //! (many seeds share every decode call), then runs its filters; what fails a
 //! filter goes to the rejected shard with the reason.

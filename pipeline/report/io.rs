@@ -2,7 +2,7 @@
 //! any Parquet under an output directory (writing goes through `store`).
 //!
 //! Columns are named after the struct fields; `recipe` is a utf8 string,
-//! `step_confidences` a list<float64>, `verified` a nullable bool,
+//! `step_confidences` a `list<float64>`, `verified` a nullable bool,
 //! `created_at` an int64. Integer and float columns are cast on read, so a
 //! writer that picked int64 for `tokens` still reads.
 
@@ -168,13 +168,14 @@ pub fn read_rejects(path: &Path) -> Result<Vec<Reject>, IoError> {
 pub struct OutFiles {
     pub chains: Vec<PathBuf>,
     pub rejects: Vec<PathBuf>,
-    /// `metrics.jsonl` files (throughput samples), see [`super::Metrics`].
+    /// `metrics.jsonl` files (throughput samples), see [`super::MetricsSample`].
     pub metrics: Vec<PathBuf>,
 }
 
 /// Finds chain and reject Parquet files under `dir` (recursively).
 ///
-/// Until the store's shard manifest is wired in, this is the contract: every
+/// Files are found by name and columns, not through the shard manifests, so
+/// a copied, partial or foreign output tree reads as well. The rule: every
 /// `**/*.parquet` whose name does not start with `rejected` and whose columns
 /// are a chain's is a chain file; names starting with `rejected` (or files
 /// with reject columns) are reject files; temporary files (`*.tmp`, names

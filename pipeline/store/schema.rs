@@ -326,7 +326,7 @@ fn at<T: Array>(v: &Option<T>, i: usize) -> Option<&T> {
 }
 
 /// Read back chains written by [`chains_to_batch`], or by another writer of
-/// the same columns (see [`Cols`]): the one decoder of the chains schema
+/// the same columns (cast to the schema's types, see `Cols`): the one decoder of the chains schema
 /// (shards, finalize, export, report).
 pub fn batch_to_chains(b: &RecordBatch) -> Result<Vec<Chain>> {
     let c = Cols(b);
