@@ -148,6 +148,108 @@ impl RowMeta {
     }
 }
 
+/// Which stage rejected a row. The names are the `stage` column of the
+/// reject files (schemas/rejects.json): part of the schema, never renamed.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+pub enum Stage {
+    /// The seed file's row cannot be a seed (empty prompt, bad field).
+    #[default]
+    #[strum(serialize = "ingest")]
+    Ingest,
+    /// The engine failed on the seed (the scripted shard worker).
+    #[strum(serialize = "engine")]
+    Engine,
+    /// A journaled row that cannot be read back.
+    #[strum(serialize = "store.journal")]
+    StoreJournal,
+    #[strum(serialize = "open_o1.input")]
+    OpenO1Input,
+    #[strum(serialize = "open_o1.prompt")]
+    OpenO1Prompt,
+    #[strum(serialize = "open_o1.score")]
+    OpenO1Score,
+    #[strum(serialize = "instruction.input")]
+    InstructionInput,
+    #[strum(serialize = "instruction.prompt")]
+    InstructionPrompt,
+    #[strum(serialize = "instruction.sample")]
+    InstructionSample,
+    /// A seed the search could not run (a bad prompt, a budget that does not fit).
+    #[strum(serialize = "marco_cot.input")]
+    MarcoCotInput,
+    /// A tree that failed or reached no chain.
+    #[strum(serialize = "marco_cot.search")]
+    MarcoCotSearch,
+    /// A chain the ship policy held back.
+    #[strum(serialize = "marco_cot.ship")]
+    MarcoCotShip,
+    #[strum(serialize = "filter.reward")]
+    FilterReward,
+    #[strum(serialize = "filter.verify")]
+    FilterVerify,
+    #[strum(serialize = "filter.format")]
+    FilterFormat,
+    #[strum(serialize = "filter.length")]
+    FilterLength,
+    #[strum(serialize = "filter.repetition")]
+    FilterRepetition,
+    #[strum(serialize = "filter.language")]
+    FilterLanguage,
+    /// A near-duplicate of an earlier chain.
+    #[strum(serialize = "dedup")]
+    Dedup,
+    /// Overlaps a benchmark's text.
+    #[strum(serialize = "decontaminate")]
+    Decontaminate,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl PartialEq<str> for Stage {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Stage {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for Stage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Stage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::custom(format!("unknown reject stage '{s}'")))
+    }
+}
+
 /// A row that did not ship, with why (schemas/rejects.json).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Reject {
@@ -156,9 +258,54 @@ pub struct Reject {
     pub chain_id: Option<String>,
     pub recipe: Option<Recipe>,
     /// Which stage rejected it: `ingest`, `filter.reward`, `dedup`, ...
-    pub stage: String,
+    pub stage: Stage,
     /// Human-readable reason, e.g. `reward 0.41 < 0.60`, `duplicate-of <id>`.
     pub reason: String,
     /// The rejected seed or chain as JSON text, so nothing is lost.
     pub row: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::VariantArray;
+
+    /// The `stage` column values are part of the reject schema: pinned here,
+    /// and each one parses back to its variant.
+    #[test]
+    fn stage_names_are_the_schema_strings() {
+        let names: Vec<&str> = Stage::VARIANTS.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ingest",
+                "engine",
+                "store.journal",
+                "open_o1.input",
+                "open_o1.prompt",
+                "open_o1.score",
+                "instruction.input",
+                "instruction.prompt",
+                "instruction.sample",
+                "marco_cot.input",
+                "marco_cot.search",
+                "marco_cot.ship",
+                "filter.reward",
+                "filter.verify",
+                "filter.format",
+                "filter.length",
+                "filter.repetition",
+                "filter.language",
+                "dedup",
+                "decontaminate",
+            ]
+        );
+        for s in Stage::VARIANTS {
+            assert_eq!(s.as_str().parse::<Stage>().ok(), Some(*s));
+            assert_eq!(s.to_string(), s.as_str());
+            let json = serde_json::to_string(s).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
+        assert!("filter.bogus".parse::<Stage>().is_err());
+    }
 }

@@ -296,9 +296,9 @@ impl ScriptedProcessor {
     fn prompt_tokens(&self, seed: &Seed) -> Result<Vec<crate::engine::Token>, EngineError> {
         let mut msgs = Vec::new();
         if let Some(s) = &seed.system {
-            msgs.push(ChatMessage::new("system", s.clone()));
+            msgs.push(ChatMessage::system(s.clone()));
         }
-        msgs.push(ChatMessage::new("user", seed.prompt.clone()));
+        msgs.push(ChatMessage::user(seed.prompt.clone()));
         // The pipeline owns the tags: the assistant turn starts inside a thought.
         // Seed text is tokenized plain (no control tokens from seeds).
         let mut toks = self.engine.chat_tokens(&msgs)?;
@@ -374,7 +374,7 @@ impl ScriptedProcessor {
                         seed_id: seed.id.clone(),
                         chain_id: None,
                         recipe: self.kind.parse::<Recipe>().ok(),
-                        stage: "engine".into(),
+                        stage: crate::record::Stage::Engine,
                         reason,
                         row: serde_json::to_string(seed).unwrap_or_default(),
                     }],
@@ -415,7 +415,7 @@ impl ScriptedProcessor {
                     seed_id: seed.id.clone(),
                     chain_id: Some(id),
                     recipe: chain.recipe,
-                    stage: "filter.reward".into(),
+                    stage: crate::record::Stage::FilterReward,
                     reason: format!("reward {reward:.4} < {:.4}", self.min_reward),
                     row: serde_json::to_string(&chain).unwrap_or_default(),
                 }],

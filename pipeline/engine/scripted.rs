@@ -257,11 +257,7 @@ impl Backend for ScriptedBackend {
     fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
         let mut s = String::new();
         for m in messages {
-            // Roles other than the three markers render as user turns.
-            let role = match m.role.as_str() {
-                "system" | "assistant" => m.role.as_str(),
-                _ => "user",
-            };
+            let role = m.role;
             s.push_str(&format!("<|{role}|>\n{}\n", m.content));
         }
         s.push_str("<|assistant|>\n");

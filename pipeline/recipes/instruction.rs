@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::generate::{sample_batch, SampleJob, StopRule};
 use crate::engine::sampling::{derive_seed, DEFAULT_TEMPERATURE, DEFAULT_TOP_P};
 use crate::engine::{Engine, SamplingParams};
-use crate::record::{seed_hash, Chain, Recipe, Seed};
+use crate::record::{seed_hash, Chain, Recipe, Seed, Stage};
 use crate::stages::filter::FilterChain;
 use crate::store::worker::{Processed, Processor};
 
@@ -71,7 +71,7 @@ impl Processor for Instruction<'_> {
                     out[i] = Some(engine_reject(
                         seed,
                         Recipe::Instruction,
-                        "instruction.prompt",
+                        Stage::InstructionPrompt,
                         &e,
                     ));
                     continue;
@@ -84,7 +84,7 @@ impl Processor for Instruction<'_> {
                     rejected: vec![reject_seed(
                         seed,
                         Recipe::Instruction,
-                        "instruction.input",
+                        Stage::InstructionInput,
                         format!(
                             "prompt of {} tokens + max_tokens {} exceeds n_ctx {}",
                             prompt.len(),
@@ -120,7 +120,7 @@ impl Processor for Instruction<'_> {
                     out[i] = Some(engine_reject(
                         seed,
                         Recipe::Instruction,
-                        "instruction.sample",
+                        Stage::InstructionSample,
                         &e,
                     ));
                     continue;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
-use crate::record::{Chain, Recipe, Reject, Seed};
+use crate::record::{Chain, Recipe, Reject, Seed, Stage};
 use crate::search::driver::Outcome;
 use crate::search::ship::decide;
 use crate::search::{
@@ -26,11 +26,11 @@ use crate::store::worker::{Processed, Processor};
 use super::{filter_chains, reject_seed, RecipeError, RowMeta};
 
 /// Stage of a seed the search could not run (a bad prompt, a budget that does not fit).
-pub const STAGE_INPUT: &str = "marco_cot.input";
+pub const STAGE_INPUT: Stage = Stage::MarcoCotInput;
 /// Stage of a tree that failed or reached no chain.
-pub const STAGE_SEARCH: &str = "marco_cot.search";
+pub const STAGE_SEARCH: Stage = Stage::MarcoCotSearch;
 /// Stage of a chain the ship policy held back.
-pub const STAGE_SHIP: &str = "marco_cot.ship";
+pub const STAGE_SHIP: Stage = Stage::MarcoCotShip;
 
 pub struct MarcoCot<'e> {
     pub engine: &'e mut dyn Engine,
@@ -87,7 +87,7 @@ pub fn tree_file_stem(id: &str) -> String {
     }
 }
 
-fn seed_reject(seed: &Seed, stage: &str, reason: String) -> SeedOutcome {
+fn seed_reject(seed: &Seed, stage: Stage, reason: String) -> SeedOutcome {
     SeedOutcome {
         processed: Processed {
             accepted: vec![],

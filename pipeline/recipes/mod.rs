@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::engine::{ChatMessage, Engine, EngineError, Token};
 pub use crate::record::{chain_id, RowMeta};
-use crate::record::{Chain, Recipe, Reject, Seed};
+use crate::record::{Chain, Recipe, Reject, Seed, Stage};
 use crate::stages::filter::{FilterChain, FilterContext};
 use crate::store::worker::Processed;
 
@@ -63,9 +63,9 @@ pub fn seed_messages(seed: &Seed, default_system: Option<&str>) -> Vec<ChatMessa
         .or(default_system)
         .filter(|s| !s.is_empty())
     {
-        msgs.push(ChatMessage::new("system", s));
+        msgs.push(ChatMessage::system(s));
     }
-    msgs.push(ChatMessage::new("user", &seed.prompt));
+    msgs.push(ChatMessage::user(&seed.prompt));
     msgs
 }
 
@@ -104,7 +104,7 @@ pub fn is_seed_error(e: &EngineError) -> bool {
 }
 
 /// A seed's whole result when the engine failed on it: one reject at `stage`.
-pub fn engine_reject(seed: &Seed, recipe: Recipe, stage: &str, e: &EngineError) -> Processed {
+pub fn engine_reject(seed: &Seed, recipe: Recipe, stage: Stage, e: &EngineError) -> Processed {
     Processed {
         accepted: vec![],
         rejected: vec![reject_seed(seed, recipe, stage, engine_reason(e))],
@@ -158,12 +158,12 @@ pub fn batch_then_alone<T, R>(
 }
 
 /// A seed-level rejection (nothing was generated for it).
-pub fn reject_seed(seed: &Seed, recipe: Recipe, stage: &str, reason: String) -> Reject {
+pub fn reject_seed(seed: &Seed, recipe: Recipe, stage: Stage, reason: String) -> Reject {
     Reject {
         seed_id: seed.id.clone(),
         chain_id: None,
         recipe: Some(recipe),
-        stage: stage.into(),
+        stage,
         reason,
         row: serde_json::to_string(seed).unwrap_or_default(),
     }

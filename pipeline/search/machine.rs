@@ -211,9 +211,9 @@ impl TreeSearch {
         let system = (!system.is_empty()).then_some(system);
         let mut msgs = Vec::new();
         if let Some(s) = &system {
-            msgs.push(ChatMessage::new("system", s.clone()));
+            msgs.push(ChatMessage::system(s.clone()));
         }
-        msgs.push(ChatMessage::new("user", seed.prompt.clone()));
+        msgs.push(ChatMessage::user(seed.prompt.clone()));
         let text = engine.apply_chat_template(&msgs)? + &prompts.thought_open;
         // Seed text is tokenized plain: control-token strings in it cannot open turns.
         let mut tokens = engine.chat_tokens(&msgs)?;

@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use serde::Deserialize;
 
 use super::{Result, StoreError};
-use crate::record::{Chain, Recipe, Reject, Seed};
+use crate::record::{Chain, Recipe, Reject, Seed, Stage};
 
 pub const SEEDS_JSON: &str = include_str!("../../schemas/seeds.json");
 pub const CHAINS_JSON: &str = include_str!("../../schemas/chains.json");
@@ -402,7 +402,16 @@ pub fn batch_to_rejects(b: &RecordBatch) -> Result<Vec<Reject>> {
     let mut seed_id = c.strings("seed_id", true)?.into_iter();
     let mut chain_id = c.strings("chain_id", false)?.into_iter();
     let mut recipe = c.recipes()?.into_iter();
-    let mut stage = c.strings("stage", true)?.into_iter();
+    let mut stage = c
+        .strings("stage", true)?
+        .into_iter()
+        .map(|s| {
+            let s = s.unwrap_or_default();
+            s.parse::<Stage>()
+                .map_err(|_| Cols::err("stage", format!("unknown reject stage '{s}'")))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
     let mut reason = c.strings("reason", true)?.into_iter();
     let mut row = c.strings("row", false)?.into_iter();
     Ok((0..b.num_rows())
@@ -410,7 +419,7 @@ pub fn batch_to_rejects(b: &RecordBatch) -> Result<Vec<Reject>> {
             seed_id: seed_id.next().flatten().unwrap_or_default(),
             chain_id: chain_id.next().flatten(),
             recipe: recipe.next().flatten(),
-            stage: stage.next().flatten().unwrap_or_default(),
+            stage: stage.next().unwrap_or_default(),
             reason: reason.next().flatten().unwrap_or_default(),
             row: row.next().flatten().unwrap_or_default(),
         })
@@ -570,7 +579,7 @@ mod tests {
         );
         let r = Reject {
             seed_id: "s".into(),
-            stage: "ingest".into(),
+            stage: Stage::Ingest,
             reason: "empty prompt".into(),
             ..Default::default()
         };

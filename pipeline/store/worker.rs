@@ -268,7 +268,7 @@ fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result
                     seed_id: entry.seed_id,
                     chain_id: None,
                     recipe: None,
-                    stage: "store.journal".into(),
+                    stage: crate::record::Stage::StoreJournal,
                     reason: format!(
                         "result too large to journal: {bytes} bytes > frame limit {max} bytes \
                          (lower the recipe's token budgets or split the seed)"
