@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
+use strum::VariantNames;
 
 use crate::engine::{Engine, EngineConfig, EngineKind, HttpConfig};
 
@@ -11,7 +13,12 @@ pub struct EngineArgs {
     /// GGUF model file (llama engine).
     #[arg(long, default_value = crate::engine::DEFAULT_MODEL)]
     pub model: PathBuf,
-    #[arg(long, value_enum, default_value_t = EngineKind::Llama)]
+    #[arg(
+        long,
+        default_value_t = EngineKind::Llama,
+        value_parser = PossibleValuesParser::new(<EngineKind as VariantNames>::VARIANTS)
+            .try_map(|s| s.parse::<EngineKind>()),
+    )]
     pub engine: EngineKind,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]

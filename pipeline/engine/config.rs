@@ -8,8 +8,21 @@ use serde::{Deserialize, Serialize};
 use super::{CoreLimits, Engine, EngineError, Result, ScriptedConfig, ScriptedEngine};
 
 /// Which engine runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum EngineKind {
     /// llama.cpp on a GGUF file.
     #[default]
