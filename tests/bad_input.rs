@@ -802,7 +802,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
                     .map_err(|e| e.to_string())?;
             let rows = batch_to_rejects(&rej[0]).map_err(|e| e.to_string())?;
             has(&rows[0].seed_id, "s0004")?;
-            has(&rows[0].stage, "store.journal")?;
+            has(rows[0].stage.as_str(), "store.journal")?;
             has(&rows[0].reason, "result too large to journal")
         }),
         // ---- inputs users have that must work ----
@@ -1412,7 +1412,7 @@ fn marco_cot_seed_over_n_ctx_is_a_reject() {
                 found |= batch_to_rejects(&b)
                     .expect("rows")
                     .iter()
-                    .any(|r| r.seed_id == "m-over" && r.stage.starts_with("marco_cot"));
+                    .any(|r| r.seed_id == "m-over" && r.stage.as_str().starts_with("marco_cot"));
             }
         }
     }

@@ -12,7 +12,7 @@ const GSM8K_Q: &str = "Natalia sold clips to 48 of her friends in April, and the
 
 fn prompt_tokens(e: &dyn Engine) -> Vec<Token> {
     let text = e
-        .apply_chat_template(&[ChatMessage::new("user", GSM8K_Q)])
+        .apply_chat_template(&[ChatMessage::user(GSM8K_Q)])
         .unwrap();
     e.tokenize(&text, true).unwrap()
 }
@@ -402,9 +402,7 @@ mod llama {
     #[test]
     fn llama_chat_template_is_the_models() {
         let Some(e) = load() else { return };
-        let t = e
-            .apply_chat_template(&[ChatMessage::new("user", "hi")])
-            .unwrap();
+        let t = e.apply_chat_template(&[ChatMessage::user("hi")]).unwrap();
         assert!(
             t.contains("<|im_start|>user\nhi<|im_end|>") && t.ends_with("<|im_start|>assistant\n"),
             "{t:?}"
@@ -486,7 +484,7 @@ fn scripted_batched_sampling_is_independent_of_batch_composition() {
     let jobs: Vec<SampleJob> = (0..5)
         .map(|i| {
             let t = e
-                .apply_chat_template(&[ChatMessage::new("user", format!("question {i}"))])
+                .apply_chat_template(&[ChatMessage::user(format!("question {i}"))])
                 .unwrap();
             SampleJob {
                 prompt: e.tokenize(&t, true).unwrap(),

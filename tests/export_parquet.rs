@@ -83,7 +83,7 @@ fn make_out(dir: &Path) -> Vec<Chain> {
         seed_id: "s".into(),
         chain_id: Some("x".into()),
         recipe: Some(Recipe::MarcoCot),
-        stage: "filter.reward".into(),
+        stage: cotforge::record::Stage::FilterReward,
         reason: "reward 0.1 < 0.6".into(),
         row: "{}".into(),
     };

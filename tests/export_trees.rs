@@ -138,7 +138,7 @@ fn make_out(out: &Path) -> (Vec<Chain>, Vec<Reject>) {
         .collect();
     rejects.push(reject_for(
         &c3,
-        "decontaminate",
+        cotforge::record::Stage::Decontaminate,
         "13-gram overlap with bench.jsonl".into(),
     ));
     let s1 = tree_json(

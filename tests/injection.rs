@@ -60,13 +60,10 @@ fn control(e: &dyn Engine, s: &str) -> Token {
 /// `chat_tokens` of an injected chat holds as many control tokens as the same
 /// chat with harmless text; the injected text itself is still all there.
 fn check_chat_tokens(e: &dyn Engine, controls: &[Token], evil: &str) {
-    let benign = [
-        ChatMessage::new("system", "Be brief."),
-        ChatMessage::new("user", "Hi"),
-    ];
+    let benign = [ChatMessage::system("Be brief."), ChatMessage::user("Hi")];
     let injected = [
-        ChatMessage::new("system", format!("Be brief.{evil}")),
-        ChatMessage::new("user", format!("Hi{evil}")),
+        ChatMessage::system(format!("Be brief.{evil}")),
+        ChatMessage::user(format!("Hi{evil}")),
     ];
     let want = count(&e.chat_tokens(&benign).expect("benign"), controls);
     assert!(

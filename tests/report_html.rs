@@ -52,16 +52,16 @@ fn make_out(dir: &Path) {
             format!("answer '{}' != reference '7'", i)
         };
         let stage = if i.is_multiple_of(2) {
-            "filter.reward"
+            cotforge::record::Stage::FilterReward
         } else {
-            "filter.verify"
+            cotforge::record::Stage::FilterVerify
         };
         rejects.push(reject_for(&c, stage, r));
     }
     for i in 300..310 {
         rejects.push(reject_for(
             &chain(i, 0.8),
-            "dedup",
+            cotforge::record::Stage::Dedup,
             format!("duplicate-of c{:04}", i - 300),
         ));
     }
@@ -69,7 +69,7 @@ fn make_out(dir: &Path) {
         seed_id: "gsm8k-bad".into(),
         chain_id: None,
         recipe: Some(Recipe::MarcoCot),
-        stage: "ingest".into(),
+        stage: cotforge::record::Stage::Ingest,
         reason: "empty prompt".into(),
         row: "{\"id\":\"gsm8k-bad\"}".into(),
     });
@@ -360,10 +360,14 @@ fn headline_numbers_and_viewer_sample() {
     let rejects = vec![
         reject_for(
             &chain(21, 0.1),
-            "filter.reward",
+            cotforge::record::Stage::FilterReward,
             "reward 0.100 < 0.600".into(),
         ),
-        reject_for(&chain(21, 0.1), "dedup", "duplicate-of c0001".into()),
+        reject_for(
+            &chain(21, 0.1),
+            cotforge::record::Stage::Dedup,
+            "duplicate-of c0001".into(),
+        ),
     ];
     let s = Summary::build(&chains, &rejects, &[]);
     let m = &s.headline["marco_cot"];
@@ -427,7 +431,7 @@ fn scripted_report(dir: &Path) -> (PathBuf, serde_json::Value) {
         &out.join("extra/rejected-hostile.parquet"),
         &[reject_for(
             &hostile,
-            "filter.hostile",
+            cotforge::record::Stage::FilterFormat,
             "reason </script><i id=\"pwned3\">".into(),
         )],
     )

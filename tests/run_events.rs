@@ -116,8 +116,8 @@ fn a_scripted_run_reports_every_row_chain_and_reject() {
             match e {
                 Event::ChainAccepted { chain_id, .. } => got_chains.push(chain_id.clone()),
                 Event::ChainRejected { seed_id, stage, .. } => {
-                    *stages.entry(stage.clone()).or_insert(0) += 1;
-                    got_rejects.push((seed_id.clone(), stage.clone()))
+                    *stages.entry(stage.to_string()).or_insert(0) += 1;
+                    got_rejects.push((seed_id.clone(), *stage))
                 }
                 _ => {}
             }

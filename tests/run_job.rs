@@ -207,25 +207,30 @@ fn bad_job_files_point_at_the_key_and_line() {
         format!("out = {out:?}\n\n[engine]\n{engine}\n\n[[recipe]]\nkind = \"marco_cot\"\nseeds = [{seeds:?}]\n{recipe_extra}")
     };
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
-        ("unknown key", base("kind = \"scripted\"\nn_paralel = 4", ""), vec!["bad.toml", "line 5", "n_paralel"]),
-        ("wrong type", base("kind = \"scripted\"\nn_parallel = \"eight\"", ""), vec!["bad.toml", "line 5", "n_parallel"]),
-        ("missing model", base("kind = \"llama\"\nmodel = \"/nowhere/model.gguf\"", ""), vec!["bad.toml:5", "engine.model", "/nowhere/model.gguf", "setup.sh"]),
+        ("unknown key", base("kind = \"scripted\"\nn_paralel = 4", ""), vec!["bad.toml:5:1: engine.n_paralel:", "line 5", "n_paralel"]),
+        ("wrong type", base("kind = \"scripted\"\nn_parallel = \"eight\"", ""), vec!["bad.toml:5:14: engine.n_parallel:", "line 5", "n_parallel"]),
+        ("missing model", base("kind = \"llama\"\nmodel = \"/nowhere/model.gguf\"", ""), vec!["bad.toml:5:1: engine.model:", "/nowhere/model.gguf", "setup.sh"]),
         (
             "missing seed file",
             format!("out = {out:?}\n[engine]\nkind = \"scripted\"\n[[recipe]]\nkind = \"open_o1\"\nseeds = [\"/nowhere/seeds.parquet\"]\n"),
-            vec!["bad.toml:6", "recipe[0].seeds", "/nowhere/seeds.parquet", "seeds import"],
+            vec!["bad.toml:6:1: recipe[0].seeds:", "/nowhere/seeds.parquet", "seeds import"],
         ),
         (
             "reward threshold outside [0, 1]",
             base("kind = \"scripted\"", "[[recipe.filters]]\ntype = \"format\"\n[[recipe.filters]]\ntype = \"reward\"\nmin_reward = 1.5\n"),
-            vec!["bad.toml:13", "recipe[0].filters[1].min_reward", "[0, 1]"],
+            vec!["bad.toml:13:1: recipe[0].filters[1].min_reward:", "[0, 1]"],
         ),
-        ("n_parallel 0", base("kind = \"scripted\"\nn_parallel = 0", ""), vec!["bad.toml:5", "engine.n_parallel", "at least 1"]),
+        (
+            "inline filter table",
+            base("kind = \"scripted\"", "filters = [{ type = \"format\" }, { type = \"reward\", min_reward = 1.5 }]\n"),
+            vec!["bad.toml:9:52: recipe[0].filters[1].min_reward:", "[0, 1]"],
+        ),
+        ("n_parallel 0", base("kind = \"scripted\"\nn_parallel = 0", ""), vec!["bad.toml:5:1: engine.n_parallel:", "at least 1"]),
         ("no recipe", format!("out = {out:?}\n[engine]\nkind = \"scripted\"\n"), vec!["bad.toml", "recipe"]),
         (
             "section of another recipe",
             base("kind = \"scripted\"", "[recipe.instruction]\nn = 2\n"),
-            vec!["bad.toml:9", "recipe[0].instruction", "instruction only"],
+            vec!["bad.toml:9:1: recipe[0].instruction:", "instruction only"],
         ),
     ];
     for (name, body, needles) in cases {

@@ -363,7 +363,7 @@ fn selection_rules_and_chain_rows() {
                 .unwrap();
             assert_eq!(r.tree.nodes[w[1].0 as usize].n, max);
         }
-        let rows = r.to_chains(seed, &cotforge::search::ChainMeta::default());
+        let rows = r.to_chains(seed, &cotforge::record::RowMeta::default());
         assert_eq!(rows.len(), r.chains.len());
         let ids: BTreeSet<_> = rows.iter().map(|c| c.id.clone()).collect();
         assert_eq!(ids.len(), rows.len());

@@ -276,10 +276,7 @@ fn a_seed_that_cannot_run_becomes_a_reject_and_the_others_finish() {
     let bad = &r.outcomes[1].processed;
     assert!(bad.accepted.is_empty() && bad.rejected.len() == 1);
     let rej = &bad.rejected[0];
-    assert_eq!(
-        (rej.seed_id.as_str(), rej.stage.as_str()),
-        ("too-long", STAGE_INPUT)
-    );
+    assert_eq!((rej.seed_id.as_str(), rej.stage), ("too-long", STAGE_INPUT));
     assert!(
         rej.reason.contains("too-long") && rej.reason.contains("n_ctx"),
         "{}",
@@ -300,10 +297,7 @@ fn a_seed_that_cannot_run_becomes_a_reject_and_the_others_finish() {
     )
     .unwrap();
     let rej = &r.outcomes[2].processed.rejected[0];
-    assert_eq!(
-        (rej.seed_id.as_str(), rej.stage.as_str()),
-        ("v2", STAGE_SEARCH)
-    );
+    assert_eq!((rej.seed_id.as_str(), rej.stage), ("v2", STAGE_SEARCH));
     assert!(
         rej.reason.contains("v2") && rej.reason.contains("judge"),
         "{}",

@@ -80,7 +80,7 @@ fn chain_for(seed: &Seed) -> Processed {
             accepted: Vec::new(),
             rejected: vec![Reject {
                 seed_id: seed.id.clone(),
-                stage: "filter.test".into(),
+                stage: cotforge::record::Stage::FilterReward,
                 reason: format!("length {n} divisible by 3"),
                 row: "{}".into(),
                 ..Default::default()

@@ -369,8 +369,7 @@ pub fn run_engine_bench(
                         log(&format!("round {round}/{rounds}: cotforge decode"));
                         let mut e = LlamaEngine::load(&cfg)?;
                         // The prompt: real text, npp tokens, like batched-bench's synthetic prompt.
-                        let msg =
-                            e.apply_chat_template(&[ChatMessage::new("user", &o.score_text)])?;
+                        let msg = e.apply_chat_template(&[ChatMessage::user(&o.score_text)])?;
                         let toks = e.tokenize(&msg, true)?;
                         if toks.len() < o.npp {
                             return Err(BenchError::Config(format!(

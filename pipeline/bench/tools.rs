@@ -180,12 +180,19 @@ pub fn batched_bench_args(
     v
 }
 
+/// Tokens each sequence generates in [`batched_bench_tg`].
+pub const TG_TOKENS: usize = 128;
+
 /// llama-batched-bench's TG at the engine's parallel level and threads,
-/// prompt `npp` tokens per sequence, 128 generated.
+/// prompt `npp` tokens per sequence, [`TG_TOKENS`] generated.
 pub fn batched_bench_tg(bin: &Path, e: &EngineConfig, threads: usize, npp: usize) -> Result<f64> {
-    let ctx = (e.n_parallel * (npp + 128) + 256).max(8192);
+    // Every sequence holds its prompt and what it generates; 256 spare cells
+    // absorb llama.cpp rounding the KV cache up to its padding. Never below
+    // 8192, the engine's default n_ctx: the baseline attends over a cache as
+    // large as the one cotforge decodes with, or its TG would look better.
+    let ctx = (e.n_parallel * (npp + TG_TOKENS) + 256).max(8192);
     let npl = e.n_parallel.to_string();
-    let args = batched_bench_args(&e.model, ctx, npp, 128, &npl, threads);
+    let args = batched_bench_args(&e.model, ctx, npp, TG_TOKENS, &npl, threads);
     let rows = parse_batched_bench(&run_tool(bin, &args)?)?;
     rows.iter()
         .find(|(b, _)| *b == e.n_parallel)

@@ -86,7 +86,7 @@ fn parse_set(s: &str) -> Result<(String, PathBuf), String> {
 
 #[derive(Debug, Args)]
 pub struct EngineBenchArgs {
-    #[arg(long, default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    #[arg(long, default_value = crate::engine::DEFAULT_MODEL)]
     pub model: PathBuf,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

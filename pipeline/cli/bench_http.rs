@@ -13,7 +13,7 @@ use crate::search::{seeds_from_jsonl, DriverConfig, SearchConfig};
 
 #[derive(Debug, Args)]
 pub struct HttpBenchArgs {
-    #[arg(long, default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    #[arg(long, default_value = crate::engine::DEFAULT_MODEL)]
     pub model: PathBuf,
     /// llama-server (scripts/llama-tools.sh builds it).
     #[arg(long)]
@@ -124,7 +124,7 @@ pub fn run(a: HttpBenchArgs) -> anyhow::Result<ExitCode> {
     })?;
     print!("{}", report.table());
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+        crate::store::fsio::commit_bytes(p, serde_json::to_string_pretty(&report)?.as_bytes())
             .with_context(|| format!("writing {}", p.display()))?;
         eprintln!("wrote {}", p.display());
     }

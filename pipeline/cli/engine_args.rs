@@ -2,16 +2,23 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
+use strum::VariantNames;
 
 use crate::engine::{Engine, EngineConfig, EngineKind, HttpConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// GGUF model file (llama engine).
-    #[arg(long, default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    #[arg(long, default_value = crate::engine::DEFAULT_MODEL)]
     pub model: PathBuf,
-    #[arg(long, value_enum, default_value_t = EngineKind::Llama)]
+    #[arg(
+        long,
+        default_value_t = EngineKind::Llama,
+        value_parser = PossibleValuesParser::new(<EngineKind as VariantNames>::VARIANTS)
+            .try_map(|s| s.parse::<EngineKind>()),
+    )]
     pub engine: EngineKind,
     /// CPU threads (0 = all cores).
     #[arg(long, default_value_t = 0)]

@@ -2,7 +2,8 @@
 //! directory's chain (and reject) Parquet files and turn them into SFT data,
 //! a terminal summary, or an offline HTML report.
 //!
-//! Until the store's shard manifest is wired in, OUT is scanned recursively:
+//! OUT is scanned recursively (not read through the shard manifests, so a
+//! copied or partial tree reads too):
 //! every `*.parquet` with chain columns whose name does not start with
 //! `rejected` is a chain file; reject files are found by their columns (see
 //! `report::io::scan_out_dir`).
@@ -162,7 +163,8 @@ pub fn run_report(a: ReportArgs) -> anyhow::Result<ExitCode> {
         gate: None,
     }
     .render();
-    std::fs::write(&a.html, page).with_context(|| format!("writing {}", a.html.display()))?;
+    crate::store::fsio::commit_bytes(&a.html, page.as_bytes())
+        .with_context(|| format!("writing {}", a.html.display()))?;
     println!("wrote {}", a.html.display());
     Ok(ExitCode::SUCCESS)
 }

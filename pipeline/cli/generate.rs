@@ -45,9 +45,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let engine: &mut dyn Engine = engine.as_mut();
     let mut msgs = Vec::new();
     if let Some(s) = &args.system {
-        msgs.push(ChatMessage::new("system", s));
+        msgs.push(ChatMessage::system(s));
     }
-    msgs.push(ChatMessage::new("user", &args.prompt));
+    msgs.push(ChatMessage::user(&args.prompt));
     let text = engine
         .apply_chat_template(&msgs)
         .context("applying the chat template")?;
@@ -70,7 +70,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             println!(
                 "{}",
-                serde_json::json!({"index": i, "text": c.text, "mean_confidence": c.mean_confidence, "finish": c.finish, "tokens": toks})
+                serde_json::json!({"index": i, "text": c.text, "mean_confidence": c.mean_confidence, "finish": c.finish.as_ref(), "tokens": toks})
             );
         } else {
             println!(

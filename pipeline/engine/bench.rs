@@ -43,7 +43,11 @@ pub fn decode(
             .enumerate()
             .map(|(i, &seq)| StepRequest {
                 seq,
-                sampling: SamplingParams::new(0.7, 0.9, derive_seed(seed, i as u64)),
+                sampling: SamplingParams::new(
+                    super::sampling::DEFAULT_TEMPERATURE,
+                    super::sampling::DEFAULT_TOP_P,
+                    derive_seed(seed, i as u64),
+                ),
             })
             .collect();
         let t = Instant::now();

@@ -8,8 +8,21 @@ use serde::{Deserialize, Serialize};
 use super::{CoreLimits, Engine, EngineError, Result, ScriptedConfig, ScriptedEngine};
 
 /// Which engine runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum EngineKind {
     /// llama.cpp on a GGUF file.
     #[default]
@@ -64,11 +77,15 @@ pub struct EngineConfig {
     pub http: HttpConfig,
 }
 
+/// The model every command and job uses when none is named: the small model
+/// the tests run (scripts/setup.sh downloads it).
+pub const DEFAULT_MODEL: &str = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             kind: EngineKind::Llama,
-            model: PathBuf::from("data/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            model: PathBuf::from(DEFAULT_MODEL),
             n_ctx: 8192,
             n_batch: 2048,
             n_ubatch: 512,
@@ -86,7 +103,7 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// Check the settings that would otherwise trip a llama.cpp assertion.
     pub fn validate(&self) -> Result<()> {
-        let bad = |reason: String| Err(EngineError::Backend(format!("engine settings: {reason}")));
+        let bad = |reason: String| Err(EngineError::Config(reason));
         if self.n_parallel == 0 {
             return bad("n_parallel must be at least 1".into());
         }
@@ -138,7 +155,7 @@ impl EngineConfig {
             #[cfg(feature = "llama")]
             EngineKind::Llama => Ok(Box::new(super::LlamaEngine::load(self)?)),
             #[cfg(not(feature = "llama"))]
-            EngineKind::Llama => Err(EngineError::Backend(
+            EngineKind::Llama => Err(EngineError::Unsupported(
                 "this cotforge was built without the `llama` feature; use the scripted engine or rebuild with default features".into(),
             )),
             EngineKind::Http => Ok(Box::new(super::http::HttpEngine::connect(self)?)),
@@ -229,9 +246,7 @@ impl HttpConfig {
     /// Check what can be checked without a network: URLs, bounds, the key variable.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, reason: String| {
-            Err(EngineError::Backend(format!(
-                "engine settings: http.{field}: {reason}"
-            )))
+            Err(EngineError::Config(format!("http.{field}: {reason}")))
         };
         if self.base_urls.is_empty() {
             return bad(

@@ -24,8 +24,21 @@ pub struct Completion {
     pub text: String,
     pub tokens: Vec<TokenOut>,
     pub mean_confidence: f64,
-    /// Why it ended: `eog`, `stop`, or `max_tokens`.
-    pub finish: &'static str,
+    /// Why it ended.
+    pub finish: Finish,
+}
+
+/// Why a sampled completion ended (its `Display` names are what
+/// `cotforge generate --json` prints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::EnumString, strum::AsRefStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Finish {
+    /// The model emitted an end-of-generation token.
+    Eog,
+    /// The text ended with one of the stop strings.
+    Stop,
+    /// `max_tokens` were generated.
+    MaxTokens,
 }
 
 /// One prompt to sample from: its tokens and its seed; completion `i` uses
@@ -120,11 +133,11 @@ pub fn sample_batch(
                 }
                 l.tokens.push(o);
                 let finish = if eog {
-                    Some("eog")
+                    Some(Finish::Eog)
                 } else if rule.stop.iter().any(|s| l.bytes.ends_with(s.as_bytes())) {
-                    Some("stop")
+                    Some(Finish::Stop)
                 } else if l.tokens.len() >= rule.max_tokens {
-                    Some("max_tokens")
+                    Some(Finish::MaxTokens)
                 } else {
                     None
                 };

@@ -395,7 +395,7 @@ impl Backend for LlamaCpp {
     fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
         let msgs = messages
             .iter()
-            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .map(|m| LlamaChatMessage::new(m.role.to_string(), m.content.clone()))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Template(format!("message contains a NUL byte: {e}")))?;
         if let Some(t) = &self.template {

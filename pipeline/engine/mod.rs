@@ -28,7 +28,7 @@ pub mod scripted;
 use serde::{Deserialize, Serialize};
 
 pub use confidence::{confidence, top_k_logits, TOP_K};
-pub use config::{EngineConfig, EngineKind, FlashAttn, HttpConfig, RateLimit};
+pub use config::{EngineConfig, EngineKind, FlashAttn, HttpConfig, RateLimit, DEFAULT_MODEL};
 pub use core::{Backend, BatchEntry, Core, CoreLimits};
 #[cfg(feature = "llama")]
 pub use llama::LlamaEngine;
@@ -114,6 +114,10 @@ pub enum EngineError {
     Template(String),
     #[error("llama.cpp: {0}")]
     Backend(String),
+    /// Engine settings that cannot work (`[engine]` of a job, the engine
+    /// flags): caught before anything is loaded.
+    #[error("engine settings: {0}")]
+    Config(String),
     /// An inference server cannot be used (start-up checks); names the URL and what to do.
     #[error("{url}: {reason}")]
     Server { url: String, reason: String },
@@ -132,19 +136,48 @@ pub enum EngineError {
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
+/// Who speaks a chat message; the lowercase names are what chat templates
+/// and servers expect.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
 /// A chat message for the template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    pub role: String,
+    pub role: Role,
     pub content: String,
 }
 
 impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self {
-            role: role.into(),
+            role,
             content: content.into(),
         }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
     }
 }
 
@@ -265,7 +298,7 @@ pub fn chat_tokens_with(
     let masked: Vec<ChatMessage> = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| ChatMessage::new(m.role.clone(), tag(salt, i)))
+        .map(|(i, m)| ChatMessage::new(m.role, tag(salt, i)))
         .collect();
     let rendered = render(&masked)?;
     // Split at the placeholders: (template piece, content index after it).

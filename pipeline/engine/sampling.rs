@@ -35,8 +35,19 @@ impl SamplingParams {
     }
 }
 
-/// SplitMix64 finalizer: a well-mixed 64-bit hash of a 64-bit input.
-pub fn mix64(mut z: u64) -> u64 {
+/// Temperature of sampled text when a config names none (best-of-n samples,
+/// search expansions, the decode benchmark). Below 1 so a small model stays
+/// coherent, above 0 so siblings and samples differ.
+pub const DEFAULT_TEMPERATURE: f32 = 0.7;
+/// Nucleus (top-p) cut that goes with [`DEFAULT_TEMPERATURE`]: drops the
+/// long tail of unlikely tokens that derails small models.
+pub const DEFAULT_TOP_P: f32 = 0.9;
+
+/// SplitMix64 finalizer: a well-mixed 64-bit hash of a 64-bit input. The one
+/// copy: seeds, sampling draws, the scripted model and the MinHash permutations
+/// (`stages::minhash`) all mix with it.
+#[inline]
+pub fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -45,7 +56,7 @@ pub fn mix64(mut z: u64) -> u64 {
 
 /// Derive a child seed from a parent seed and a label (e.g. a child index).
 pub fn derive_seed(seed: u64, label: u64) -> u64 {
-    mix64(seed ^ mix64(label.wrapping_add(0x51_7C_C1_B7_27_22_0A_95)))
+    splitmix64(seed ^ splitmix64(label.wrapping_add(0x51_7C_C1_B7_27_22_0A_95)))
 }
 
 /// A uniform draw in [0, 1) for `(seed, position)`.

@@ -10,7 +10,7 @@
 //! output, exactly as it would with a real model.
 
 use super::core::{Backend, BatchEntry, Core, CoreLimits};
-use super::sampling::mix64;
+use super::sampling::splitmix64;
 use super::{ChatMessage, EngineError, Result, Token};
 
 /// Words of the scripted vocabulary, after the 256 byte tokens.
@@ -141,7 +141,7 @@ impl ScriptedBackend {
         let n = n_vocab();
         let mut h = self.cfg.model_seed;
         for &t in ctx.iter().rev().take(3) {
-            h = mix64(h ^ t as u64);
+            h = splitmix64(h ^ t as u64);
         }
         let mut out = vec![-30.0f32; n];
         // Where are we? After <Output> we write an answer; else a thought.
@@ -153,7 +153,7 @@ impl ScriptedBackend {
             _ => false,
         };
         let noise = |tok: usize| {
-            (mix64(h ^ (tok as u64).wrapping_mul(0x9E37)) >> 40) as f32 / (1u64 << 24) as f32
+            (splitmix64(h ^ (tok as u64).wrapping_mul(0x9E37)) >> 40) as f32 / (1u64 << 24) as f32
         };
         if in_answer {
             let since = ctx.len() - last_open.unwrap_or(0);
@@ -257,11 +257,7 @@ impl Backend for ScriptedBackend {
     fn apply_chat_template(&self, messages: &[ChatMessage]) -> Result<String> {
         let mut s = String::new();
         for m in messages {
-            // Roles other than the three markers render as user turns.
-            let role = match m.role.as_str() {
-                "system" | "assistant" => m.role.as_str(),
-                _ => "user",
-            };
+            let role = m.role;
             s.push_str(&format!("<|{role}|>\n{}\n", m.content));
         }
         s.push_str("<|assistant|>\n");

@@ -8,9 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::generate::{sample_batch, SampleJob, StopRule};
-use crate::engine::sampling::derive_seed;
+use crate::engine::sampling::{derive_seed, DEFAULT_TEMPERATURE, DEFAULT_TOP_P};
 use crate::engine::{Engine, SamplingParams};
-use crate::record::{Chain, Recipe, Seed};
+use crate::record::{seed_hash, Chain, Recipe, Seed, Stage};
 use crate::stages::filter::FilterChain;
 use crate::store::worker::{ProcessError, Processed, Processor};
 
@@ -36,8 +36,8 @@ impl Default for InstructionConfig {
     fn default() -> Self {
         Self {
             n: 4,
-            temperature: 0.7,
-            top_p: 0.9,
+            temperature: DEFAULT_TEMPERATURE,
+            top_p: DEFAULT_TOP_P,
             max_tokens: 256,
             system_prompt: String::new(),
             seed: 0,
@@ -50,13 +50,6 @@ pub struct Instruction<'e> {
     pub cfg: InstructionConfig,
     pub filters: FilterChain,
     pub meta: RowMeta,
-}
-
-fn seed_hash(id: &str) -> u64 {
-    let h = blake3::hash(id.as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(b)
 }
 
 impl Processor for Instruction<'_> {
@@ -77,7 +70,7 @@ impl Processor for Instruction<'_> {
                     out[i] = Some(engine_reject(
                         seed,
                         Recipe::Instruction,
-                        "instruction.prompt",
+                        Stage::InstructionPrompt,
                         &e,
                     ));
                     continue;
@@ -90,7 +83,7 @@ impl Processor for Instruction<'_> {
                     rejected: vec![reject_seed(
                         seed,
                         Recipe::Instruction,
-                        "instruction.input",
+                        Stage::InstructionInput,
                         format!(
                             "prompt of {} tokens + max_tokens {} exceeds n_ctx {}",
                             prompt.len(),
@@ -126,7 +119,7 @@ impl Processor for Instruction<'_> {
                     out[i] = Some(engine_reject(
                         seed,
                         Recipe::Instruction,
-                        "instruction.sample",
+                        Stage::InstructionSample,
                         &e,
                     ));
                     continue;

@@ -1,8 +1,9 @@
 //! Job files (TOML): one nightly job = engine settings, recipes with their
 //! stage settings, output directory, shard count, seed. Parsed into the
 //! low-level [`JobFile`] (serde, unknown keys refused), then validated into a
-//! [`Job`] before any work starts. Every error names the file, the key and
-//! its line, and says what to do.
+//! [`Job`] before any work starts. Every error names the file, the line and
+//! column, and the key (`file:line:col: recipe[0].filters[1].min_reward: ...`),
+//! all from the spans of toml's parser, and says what to do.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -263,7 +264,7 @@ pub fn default_filters(kind: Recipe) -> Vec<FilterConfig> {
     }
 }
 
-/// A located error: `file:line: key: message`.
+/// A located error: `file:line:col: key: message`.
 fn err(
     path: &Path,
     text: &str,
@@ -276,8 +277,8 @@ fn err(
         Some(k) => format!("{table}.{k}"),
         None => table.to_string(),
     };
-    let line = locate(text, table, key)
-        .map(|l| format!(":{l}"))
+    let line = position(text, table, key)
+        .map(|(l, c)| format!(":{l}:{c}"))
         .unwrap_or_default();
     RecipeError::Job(format!("{}{line}: {full}: {msg}", path.display()))
 }
@@ -301,8 +302,22 @@ pub fn from_file(file: &JobFile) -> Result<Job, RecipeError> {
 /// Parse and validate job text (`path` is used in messages only).
 pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
     let file: JobFile = toml::from_str(text).map_err(|e| {
-        // toml's message already carries line, column and the offending key.
-        RecipeError::Job(format!("{}: {}", path.display(), e.to_string().trim_end()))
+        // The error's span names the place and, through the parsed tree, the
+        // key; toml's own text (below) shows the line.
+        let at = e.span().map(|s| s.start);
+        let pos = at
+            .and_then(|o| line_col(text, o))
+            .map(|(l, c)| format!(":{l}:{c}"))
+            .unwrap_or_default();
+        let key = at
+            .and_then(|o| key_at(text, o))
+            .map(|k| format!(" {k}:"))
+            .unwrap_or_default();
+        RecipeError::Job(format!(
+            "{}{pos}:{key} {}",
+            path.display(),
+            e.to_string().trim_end()
+        ))
     })?;
     let e = |table: &str, key: Option<&str>, msg: String| err(path, text, table, key, msg);
 
@@ -429,14 +444,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
             .unwrap_or_else(|| default_filters(spec.kind));
         for (j, f) in filters.iter().enumerate() {
             if let Err(x) = f.build() {
-                // Point at the offending key when the message starts with its name.
+                // Point at the first key of this filter's table the message
+                // names (filter messages start with the setting's name).
                 let msg = x.to_string();
                 let table = format!("{t}.filters[{j}]");
                 let key = msg
                     .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                    .find(|k| {
-                        !k.is_empty() && locate(text, &table, Some(k)) != locate(text, &table, None)
-                    })
+                    .find(|k| !k.is_empty() && has_key(text, &table, k))
                     .map(str::to_string);
                 return Err(e(&table, key.as_deref(), msg));
             }
@@ -494,68 +508,95 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, RecipeError> {
     Ok(job)
 }
 
-/// Line (1-based) of `key` inside `table` (`""` = root, `engine`,
-/// `recipe[1].filters[0]`, ...), or of the table's header when `key` is None
-/// or absent. A small scanner of the TOML headers a job file uses.
-pub fn locate(text: &str, table: &str, key: Option<&str>) -> Option<usize> {
-    let mut current = String::new();
-    let mut counters: HashMap<String, usize> = HashMap::new();
-    let mut latest: HashMap<String, usize> = HashMap::new();
-    let mut header_line = if table.is_empty() { Some(1) } else { None };
-    // Canonical name of a dotted plain path, indexing arrays by their latest element.
-    let canon = |plain: &str, latest: &HashMap<String, usize>| -> String {
-        let mut out = String::new();
-        let mut acc = String::new();
-        for part in plain.split('.') {
-            let part = part.trim().trim_matches('"');
-            if !acc.is_empty() {
-                acc.push('.');
-                out.push('.');
-            }
-            acc.push_str(part);
-            out.push_str(part);
-            if let Some(i) = latest.get(&acc) {
-                out.push_str(&format!("[{i}]"));
-            }
-        }
-        out
-    };
-    for (n, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if let Some(inner) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
-            let plain = inner.trim().to_string();
-            let parent = match plain.rsplit_once('.') {
-                Some((p, _)) => canon(p, &latest),
-                None => String::new(),
+/// Line and column (1-based) of `key` inside `table` (`""` = root, `engine`,
+/// `recipe[1].filters[0]`, ...), or of the table itself (its header, or its
+/// inline value) when `key` is None or not in it; `None` when the table is
+/// not in the file (a default section). Positions come from the spans of
+/// toml's parser, so inline tables and arrays are found like headers.
+pub fn position(text: &str, table: &str, key: Option<&str>) -> Option<(usize, usize)> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut span = 0..0;
+    let mut cur: &DeTable = doc.get_ref();
+    let mut at_root = true;
+    for seg in table.split('.').filter(|s| !s.is_empty()) {
+        let (name, index) = match seg.strip_suffix(']').and_then(|s| s.split_once('[')) {
+            Some((n, i)) => (n, Some(i.parse::<usize>().ok()?)),
+            None => (seg, None),
+        };
+        let mut v = cur.get(name)?;
+        if let Some(i) = index {
+            let DeValue::Array(a) = v.get_ref() else {
+                return None;
             };
-            let name = plain.rsplit('.').next().unwrap_or("").trim().to_string();
-            let slot = format!("{parent}/{name}");
-            let idx = counters.entry(slot).and_modify(|c| *c += 1).or_insert(0);
-            latest.insert(plain.clone(), *idx);
-            current = canon(&plain, &latest);
-        } else if let Some(inner) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
-            current = canon(inner, &latest);
-        } else if current == table {
-            if let Some(k) = key {
-                let lhs = line
-                    .split('=')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .trim_matches('"');
-                if line.contains('=') && lhs == k {
-                    return Some(n + 1);
-                }
-            }
-            continue;
-        } else {
-            continue;
+            v = a.get(i)?;
         }
-        if current == table && header_line.is_none() {
-            header_line = Some(n + 1);
+        let DeValue::Table(t) = v.get_ref() else {
+            return None;
+        };
+        span = v.span();
+        cur = t;
+        at_root = false;
+    }
+    if let Some((k, _)) = key.and_then(|k| cur.get_key_value(k)) {
+        span = k.span();
+    } else if at_root {
+        return Some((1, 1));
+    }
+    line_col(text, span.start)
+}
+
+/// Line and column (1-based, in characters) of byte `offset` of `text`.
+fn line_col(text: &str, offset: usize) -> Option<(usize, usize)> {
+    let before = text.get(..offset)?;
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((line, col))
+}
+
+/// The dotted path (`engine.n_parallel`, `recipe[0].filters[1].min_reward`)
+/// of the innermost key whose key or value covers byte `offset`; `None`
+/// when the text does not parse or no key is there.
+pub fn key_at(text: &str, offset: usize) -> Option<String> {
+    use toml::de::{DeTable, DeValue};
+    use toml::Spanned;
+    fn walk(t: &DeTable, offset: usize, path: &str) -> Option<String> {
+        for (k, v) in t.iter() {
+            let here = if path.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{path}.{}", k.get_ref())
+            };
+            if let Some(p) = inside(v, offset, &here) {
+                return Some(p);
+            }
+            if k.span().contains(&offset) || v.span().contains(&offset) {
+                return Some(here);
+            }
+        }
+        None
+    }
+    fn inside(v: &Spanned<DeValue>, offset: usize, path: &str) -> Option<String> {
+        match v.get_ref() {
+            DeValue::Table(t) => walk(t, offset, path),
+            DeValue::Array(a) => a.iter().enumerate().find_map(|(i, x)| {
+                let p = format!("{path}[{i}]");
+                inside(x, offset, &p).or_else(|| x.span().contains(&offset).then_some(p))
+            }),
+            _ => None,
         }
     }
-    header_line
+    walk(DeTable::parse(text).ok()?.get_ref(), offset, "")
+}
+
+/// Whether `table` of the file sets `key`.
+fn has_key(text: &str, table: &str, key: &str) -> bool {
+    position(text, table, Some(key)) != position(text, table, None)
+}
+
+/// The line of [`position`].
+pub fn locate(text: &str, table: &str, key: Option<&str>) -> Option<usize> {
+    position(text, table, key).map(|(line, _)| line)
 }
 
 #[cfg(test)]
@@ -577,5 +618,26 @@ mod tests {
         );
         assert_eq!(locate(DOC, "recipe[1].filters[1]", None), Some(16));
         assert_eq!(locate(DOC, "recipe[1].filters[0]", Some("nope")), Some(14));
+    }
+
+    /// Inline tables and arrays of them (the old header scanner saw neither),
+    /// with columns.
+    #[test]
+    fn locates_keys_in_inline_tables() {
+        let doc = "out = \"x\"\nengine = { kind = \"scripted\", n_parallel = 0 }\n\n[[recipe]]\nkind = \"open_o1\"\nseeds = []\nfilters = [\n  { type = \"format\" },\n  { type = \"reward\", min_reward = 1.5 },\n]\n";
+        assert_eq!(position(doc, "engine", Some("n_parallel")), Some((2, 31)));
+        assert_eq!(position(doc, "engine", None), Some((2, 10)));
+        assert_eq!(
+            position(doc, "recipe[0].filters[1]", Some("min_reward")),
+            Some((9, 22))
+        );
+        assert_eq!(position(doc, "recipe[0].filters[1]", None), Some((9, 3)));
+        assert_eq!(position(doc, "dedup", None), None);
+        let e = parse(Path::new("j.toml"), doc).expect_err("n_parallel = 0");
+        assert!(
+            e.to_string()
+                .starts_with("j.toml:2:31: engine.n_parallel: "),
+            "{e}"
+        );
     }
 }

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
-use crate::record::{Chain, Recipe, Reject, Seed};
+use crate::record::{Chain, Recipe, Reject, Seed, Stage};
 use crate::search::driver::Outcome;
 use crate::search::ship::decide;
 use crate::search::{
-    run_trees, ChainMeta, DriverConfig, DriverReport, Judge, Progress, SearchConfig, TreeResult,
-    TreeSearch, Verifier,
+    run_trees, DriverConfig, DriverReport, Judge, Progress, SearchConfig, TreeResult, TreeSearch,
+    Verifier,
 };
 use crate::stages::filter::FilterChain;
 use crate::stages::reject_for;
@@ -26,11 +26,11 @@ use crate::store::worker::{ProcessError, Processed, Processor};
 use super::{filter_chains, reject_seed, RecipeError, RowMeta};
 
 /// Stage of a seed the search could not run (a bad prompt, a budget that does not fit).
-pub const STAGE_INPUT: &str = "marco_cot.input";
+pub const STAGE_INPUT: Stage = Stage::MarcoCotInput;
 /// Stage of a tree that failed or reached no chain.
-pub const STAGE_SEARCH: &str = "marco_cot.search";
+pub const STAGE_SEARCH: Stage = Stage::MarcoCotSearch;
 /// Stage of a chain the ship policy held back.
-pub const STAGE_SHIP: &str = "marco_cot.ship";
+pub const STAGE_SHIP: Stage = Stage::MarcoCotShip;
 
 pub struct MarcoCot<'e> {
     pub engine: &'e mut dyn Engine,
@@ -87,7 +87,7 @@ pub fn tree_file_stem(id: &str) -> String {
     }
 }
 
-fn seed_reject(seed: &Seed, stage: &str, reason: String) -> SeedOutcome {
+fn seed_reject(seed: &Seed, stage: Stage, reason: String) -> SeedOutcome {
     SeedOutcome {
         processed: Processed {
             accepted: vec![],
@@ -98,14 +98,6 @@ fn seed_reject(seed: &Seed, stage: &str, reason: String) -> SeedOutcome {
 }
 
 impl MarcoCot<'_> {
-    fn chain_meta(&self) -> ChainMeta {
-        ChainMeta {
-            model: self.meta.model.clone(),
-            model_blake3: self.meta.model_blake3.clone(),
-            created_at: self.meta.created_at,
-        }
-    }
-
     fn ensure_judge(&mut self) -> Result<(), RecipeError> {
         if self.judge.is_none() && self.search.value.uses(crate::search::ValueKind::Judge) {
             let cfg = self.search.judge.as_ref().ok_or_else(|| {
@@ -180,7 +172,7 @@ impl MarcoCot<'_> {
 
     /// The ship policy, then the filters over what ships.
     fn ship(&self, seed: &Seed, r: TreeResult) -> SeedOutcome {
-        let rows = r.to_chains(seed, &self.chain_meta());
+        let rows = r.to_chains(seed, &self.meta);
         if rows.is_empty() {
             let mut o = seed_reject(
                 seed,

@@ -1,4 +1,4 @@
-//! Recipes: the three shard kinds of DESIGN.md, each a [`Processor`] the shard
+//! Recipes: the three shard kinds of DESIGN.md, each a [`Processor`](crate::store::worker::Processor) the shard
 //! worker drives. A recipe turns a batch of seeds into chains with one engine
 //! (many seeds share every decode call), then runs its filters; what fails a
 //! filter goes to the rejected shard with the reason.
@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::engine::{ChatMessage, Engine, EngineError, Token};
-use crate::record::{Chain, Recipe, Reject, Seed};
+pub use crate::record::{chain_id, RowMeta};
+use crate::record::{Chain, Recipe, Reject, Seed, Stage};
 use crate::stages::filter::{FilterChain, FilterContext};
 use crate::store::worker::{ProcessError, Processed};
 
@@ -54,34 +55,6 @@ impl Cancel {
     }
 }
 
-/// Job-level facts every chain row carries.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RowMeta {
-    pub model: String,
-    pub model_blake3: String,
-    pub created_at: i64,
-}
-
-impl RowMeta {
-    /// A chain row of `seed` with every seed- and job-level field filled; the
-    /// recipe sets the generated parts with struct-update syntax.
-    pub fn chain(&self, seed: &Seed, recipe: Recipe, discriminator: &str, settings: &str) -> Chain {
-        Chain {
-            id: chain_id(&seed.id, recipe, discriminator),
-            seed_id: seed.id.clone(),
-            recipe: Some(recipe),
-            system: seed.system.clone(),
-            prompt: seed.prompt.clone(),
-            reference_answer: seed.reference_answer.clone(),
-            model: self.model.clone(),
-            model_blake3: self.model_blake3.clone(),
-            settings: settings.to_string(),
-            created_at: self.created_at,
-            ..Chain::default()
-        }
-    }
-}
-
 /// The chat of a seed: its system prompt (else the recipe's default) and its prompt.
 pub fn seed_messages(seed: &Seed, default_system: Option<&str>) -> Vec<ChatMessage> {
     let mut msgs = Vec::new();
@@ -91,9 +64,9 @@ pub fn seed_messages(seed: &Seed, default_system: Option<&str>) -> Vec<ChatMessa
         .or(default_system)
         .filter(|s| !s.is_empty())
     {
-        msgs.push(ChatMessage::new("system", s));
+        msgs.push(ChatMessage::system(s));
     }
-    msgs.push(ChatMessage::new("user", &seed.prompt));
+    msgs.push(ChatMessage::user(&seed.prompt));
     msgs
 }
 
@@ -132,7 +105,7 @@ pub fn is_seed_error(e: &EngineError) -> bool {
 }
 
 /// A seed's whole result when the engine failed on it: one reject at `stage`.
-pub fn engine_reject(seed: &Seed, recipe: Recipe, stage: &str, e: &EngineError) -> Processed {
+pub fn engine_reject(seed: &Seed, recipe: Recipe, stage: Stage, e: &EngineError) -> Processed {
     Processed {
         accepted: vec![],
         rejected: vec![reject_seed(seed, recipe, stage, engine_reason(e))],
@@ -215,20 +188,13 @@ pub fn all_results(slots: Vec<Option<Processed>>) -> Result<Vec<Processed>, Proc
     }
 }
 
-/// The stable id of a chain: blake3 of seed id, recipe and a discriminator.
-pub fn chain_id(seed_id: &str, recipe: Recipe, discriminator: &str) -> String {
-    blake3::hash(format!("{seed_id}\u{1f}{recipe}\u{1f}{discriminator}").as_bytes())
-        .to_hex()
-        .to_string()
-}
-
 /// A seed-level rejection (nothing was generated for it).
-pub fn reject_seed(seed: &Seed, recipe: Recipe, stage: &str, reason: String) -> Reject {
+pub fn reject_seed(seed: &Seed, recipe: Recipe, stage: Stage, reason: String) -> Reject {
     Reject {
         seed_id: seed.id.clone(),
         chain_id: None,
         recipe: Some(recipe),
-        stage: stage.into(),
+        stage,
         reason,
         row: serde_json::to_string(seed).unwrap_or_default(),
     }

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineError, Token};
-use crate::record::{Chain, Recipe, Seed};
+use crate::record::{Chain, Recipe, Seed, Stage};
 use crate::search::SearchPrompts;
 use crate::stages::filter::FilterChain;
 use crate::stages::format::check_format;
@@ -97,7 +97,12 @@ impl Processor for OpenO1<'_> {
         for (i, seed) in seeds.iter().enumerate() {
             let reject = |reason: String| Processed {
                 accepted: vec![],
-                rejected: vec![reject_seed(seed, Recipe::OpenO1, "open_o1.input", reason)],
+                rejected: vec![reject_seed(
+                    seed,
+                    Recipe::OpenO1,
+                    Stage::OpenO1Input,
+                    reason,
+                )],
             };
             let Some(resp) = seed.response.as_deref().filter(|r| !r.trim().is_empty()) else {
                 out[i] = Some(reject(
@@ -121,7 +126,7 @@ impl Processor for OpenO1<'_> {
             let (ctx_toks, text_toks) = match self.tokens(seed, &prompts, &text) {
                 Ok(t) => t,
                 Err(e) if is_seed_error(&e) => {
-                    out[i] = Some(engine_reject(seed, Recipe::OpenO1, "open_o1.prompt", &e));
+                    out[i] = Some(engine_reject(seed, Recipe::OpenO1, Stage::OpenO1Prompt, &e));
                     continue;
                 }
                 Err(e) => return Err(seed_failed(seed, e)),
@@ -149,7 +154,7 @@ impl Processor for OpenO1<'_> {
             let toks = match toks {
                 Ok(t) => t,
                 Err(e) => {
-                    out[i] = Some(engine_reject(seed, Recipe::OpenO1, "open_o1.score", &e));
+                    out[i] = Some(engine_reject(seed, Recipe::OpenO1, Stage::OpenO1Score, &e));
                     continue;
                 }
             };

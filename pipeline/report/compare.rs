@@ -288,7 +288,7 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 impl Comparison {
     /// Rows of the distribution table: name, n A, n B, mean A, mean B, D, p.
     pub fn distribution_rows(&self) -> Vec<Vec<String>> {
-        let mean = |v: &[f64]| quantiles(v).map(|q| q[0]);
+        let mean = |v: &[f64]| quantiles(v).map(|q| q.mean);
         [
             (
                 "reward (shipped)",

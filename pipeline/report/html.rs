@@ -511,10 +511,10 @@ impl Page<'_> {
         body.push_str(&card("accepted", &s.accepted.to_string()));
         body.push_str(&card("rejected", &s.rejected.to_string()));
         if let Some(q) = quantiles(&s.reward_accepted) {
-            body.push_str(&card("median reward (accepted)", &format!("{:.3}", q[3])));
+            body.push_str(&card("median reward (accepted)", &format!("{:.3}", q.p50)));
         }
         if let Some(q) = quantiles(&s.tokens) {
-            body.push_str(&card("median tokens / chain", &format!("{:.0}", q[3])));
+            body.push_str(&card("median tokens / chain", &format!("{:.0}", q.p50)));
         }
         body.push_str("</div>");
 

@@ -2,25 +2,22 @@
 //! any Parquet under an output directory (writing goes through `store`).
 //!
 //! Columns are named after the struct fields; `recipe` is a utf8 string,
-//! `step_confidences` a list<float64>, `verified` a nullable bool,
+//! `step_confidences` a `list<float64>`, `verified` a nullable bool,
 //! `created_at` an int64. Integer and float columns are cast on read, so a
 //! writer that picked int64 for `tokens` still reads.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
-    UInt32Array,
-};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field};
+use arrow::array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::record::{Chain, Recipe, Reject};
+use crate::record::{Chain, Reject};
 use crate::store::parquet_io::{write_parquet, WriteOptions};
-use crate::store::schema::{chains_schema, chains_to_batch, rejects_schema, rejects_to_batch};
+use crate::store::schema::{
+    batch_to_chains, batch_to_rejects, chains_schema, chains_to_batch, rejects_schema,
+    rejects_to_batch,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
@@ -116,58 +113,18 @@ pub fn file_kind(path: &Path) -> Result<FileKind, IoError> {
     })
 }
 
-struct Cols<'a> {
-    path: &'a Path,
-    batch: &'a RecordBatch,
-}
-
-impl<'a> Cols<'a> {
-    fn err(&self, column: &str, msg: impl Into<String>) -> IoError {
-        IoError::Column {
-            path: self.path.into(),
-            column: column.into(),
-            msg: msg.into(),
-        }
-    }
-    fn get(&self, name: &str, ty: &DataType) -> Result<Option<ArrayRef>, IoError> {
-        let Some(col) = self.batch.column_by_name(name) else {
-            return Ok(None);
-        };
-        cast(col, ty)
-            .map(Some)
-            .map_err(|e| self.err(name, e.to_string()))
-    }
-    fn req(&self, name: &str, ty: &DataType) -> Result<ArrayRef, IoError> {
-        self.get(name, ty)?.ok_or_else(|| self.err(name, "missing"))
-    }
-    fn strings(&self, name: &str, required: bool) -> Result<Vec<Option<String>>, IoError> {
-        let n = self.batch.num_rows();
-        let Some(a) = (if required {
-            Some(self.req(name, &DataType::Utf8)?)
-        } else {
-            self.get(name, &DataType::Utf8)?
-        }) else {
-            return Ok(vec![None; n]);
-        };
-        let a = a
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| self.err(name, "not utf8"))?;
-        Ok((0..n)
-            .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-            .collect())
-    }
-}
-
-fn opt_recipe(path: &Path, s: Option<String>) -> Result<Option<Recipe>, IoError> {
-    match s {
-        None => Ok(None),
-        Some(s) if s.is_empty() => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|msg| IoError::Column {
+/// A store decoding error of `path`, a column's named as such.
+fn decode_err(path: &Path, e: crate::store::StoreError) -> IoError {
+    match e {
+        crate::store::StoreError::Column { column, msg } => IoError::Column {
             path: path.into(),
-            column: "recipe".into(),
+            column,
             msg,
-        }),
+        },
+        e => IoError::Store {
+            path: path.into(),
+            msg: e.to_string(),
+        },
     }
 }
 
@@ -187,170 +144,21 @@ fn batches(
     }))
 }
 
-/// Reads every chain row of a Parquet file.
+/// Reads every chain row of a Parquet file (the store's one decoder,
+/// [`batch_to_chains`]).
 pub fn read_chains(path: &Path) -> Result<Vec<Chain>, IoError> {
     let mut out = Vec::new();
     for batch in batches(path)? {
-        let batch = batch?;
-        let c = Cols {
-            path,
-            batch: &batch,
-        };
-        let n = batch.num_rows();
-        let s = |name: &str| c.strings(name, true);
-        let o = |name: &str| c.strings(name, false);
-        let (id, seed_id, prompt, reasoning, answer) = (
-            s("id")?,
-            s("seed_id")?,
-            s("prompt")?,
-            s("reasoning")?,
-            s("answer")?,
-        );
-        let (recipe, system, reference, model, model_b3, settings) = (
-            o("recipe")?,
-            o("system")?,
-            o("reference_answer")?,
-            o("model")?,
-            o("model_blake3")?,
-            o("settings")?,
-        );
-        let reward = c.req("reward", &DataType::Float64)?;
-        let reward = reward
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .ok_or_else(|| c.err("reward", "type"))?;
-        let u32col = |name: &str| -> Result<Option<UInt32Array>, IoError> {
-            Ok(c.get(name, &DataType::UInt32)?
-                .and_then(|a| a.as_any().downcast_ref::<UInt32Array>().cloned()))
-        };
-        let tokens = u32col("tokens")?;
-        let reflections = u32col("reflections")?;
-        let verified = c.get("verified", &DataType::Boolean)?;
-        let verified = verified
-            .as_ref()
-            .and_then(|a| a.as_any().downcast_ref::<BooleanArray>());
-        let selected = c.get("selected", &DataType::Boolean)?;
-        let selected = selected
-            .as_ref()
-            .and_then(|a| a.as_any().downcast_ref::<BooleanArray>());
-        let (value, agreement) = (
-            c.get("value", &DataType::Float64)?,
-            c.get("agreement", &DataType::Float64)?,
-        );
-        let opt_f = |a: &Option<ArrayRef>, i: usize| {
-            a.as_ref()
-                .and_then(|a| a.as_any().downcast_ref::<Float64Array>())
-                .filter(|a| a.is_valid(i))
-                .map(|a| a.value(i))
-        };
-        let created = c.get("created_at", &DataType::Int64)?;
-        let created = created
-            .as_ref()
-            .and_then(|a| a.as_any().downcast_ref::<Int64Array>());
-        let steps = c.get(
-            "step_confidences",
-            &DataType::List(Arc::new(Field::new("item", DataType::Float64, true))),
-        )?;
-        let steps = steps
-            .as_ref()
-            .and_then(|a| a.as_any().downcast_ref::<ListArray>());
-        let mut cols = (
-            id.into_iter(),
-            seed_id.into_iter(),
-            prompt.into_iter(),
-            reasoning.into_iter(),
-            answer.into_iter(),
-            recipe.into_iter(),
-            system.into_iter(),
-            reference.into_iter(),
-            model.into_iter(),
-            model_b3.into_iter(),
-            settings.into_iter(),
-        );
-        for i in 0..n {
-            let step_confidences = match steps {
-                Some(l) if l.is_valid(i) => {
-                    let v = l.value(i);
-                    let f = v
-                        .as_any()
-                        .downcast_ref::<Float64Array>()
-                        .ok_or_else(|| c.err("step_confidences", "type"))?;
-                    f.iter().flatten().collect()
-                }
-                _ => Vec::new(),
-            };
-            out.push(Chain {
-                id: cols.0.next().flatten().unwrap_or_default(),
-                seed_id: cols.1.next().flatten().unwrap_or_default(),
-                prompt: cols.2.next().flatten().unwrap_or_default(),
-                reasoning: cols.3.next().flatten().unwrap_or_default(),
-                answer: cols.4.next().flatten().unwrap_or_default(),
-                recipe: opt_recipe(path, cols.5.next().flatten())?,
-                system: cols.6.next().flatten(),
-                reference_answer: cols.7.next().flatten(),
-                model: cols.8.next().flatten().unwrap_or_default(),
-                model_blake3: cols.9.next().flatten().unwrap_or_default(),
-                settings: cols.10.next().flatten().unwrap_or_default(),
-                reward: if reward.is_valid(i) {
-                    reward.value(i)
-                } else {
-                    0.0
-                },
-                step_confidences,
-                tokens: tokens
-                    .as_ref()
-                    .filter(|a| a.is_valid(i))
-                    .map_or(0, |a| a.value(i)),
-                reflections: reflections
-                    .as_ref()
-                    .filter(|a| a.is_valid(i))
-                    .map_or(0, |a| a.value(i)),
-                verified: verified.filter(|a| a.is_valid(i)).map(|a| a.value(i)),
-                created_at: created.filter(|a| a.is_valid(i)).map_or(0, |a| a.value(i)),
-                selected: selected.filter(|a| a.is_valid(i)).map(|a| a.value(i)),
-                value: opt_f(&value, i),
-                agreement: opt_f(&agreement, i),
-            });
-        }
+        out.extend(batch_to_chains(&batch?).map_err(|e| decode_err(path, e))?);
     }
     Ok(out)
 }
 
-/// Reads every reject row of a Parquet file.
+/// Reads every reject row of a Parquet file ([`batch_to_rejects`]).
 pub fn read_rejects(path: &Path) -> Result<Vec<Reject>, IoError> {
     let mut out = Vec::new();
     for batch in batches(path)? {
-        let batch = batch?;
-        let c = Cols {
-            path,
-            batch: &batch,
-        };
-        let cols = (
-            c.strings("seed_id", true)?,
-            c.strings("chain_id", false)?,
-            c.strings("recipe", false)?,
-            c.strings("stage", true)?,
-            c.strings("reason", true)?,
-            c.strings("row", false)?,
-        );
-        let mut it = (
-            cols.0.into_iter(),
-            cols.1.into_iter(),
-            cols.2.into_iter(),
-            cols.3.into_iter(),
-            cols.4.into_iter(),
-            cols.5.into_iter(),
-        );
-        for _ in 0..batch.num_rows() {
-            out.push(Reject {
-                seed_id: it.0.next().flatten().unwrap_or_default(),
-                chain_id: it.1.next().flatten(),
-                recipe: opt_recipe(path, it.2.next().flatten())?,
-                stage: it.3.next().flatten().unwrap_or_default(),
-                reason: it.4.next().flatten().unwrap_or_default(),
-                row: it.5.next().flatten().unwrap_or_default(),
-            });
-        }
+        out.extend(batch_to_rejects(&batch?).map_err(|e| decode_err(path, e))?);
     }
     Ok(out)
 }
@@ -360,13 +168,14 @@ pub fn read_rejects(path: &Path) -> Result<Vec<Reject>, IoError> {
 pub struct OutFiles {
     pub chains: Vec<PathBuf>,
     pub rejects: Vec<PathBuf>,
-    /// `metrics.jsonl` files (throughput samples), see [`super::Metrics`].
+    /// `metrics.jsonl` files (throughput samples), see [`super::MetricsSample`].
     pub metrics: Vec<PathBuf>,
 }
 
 /// Finds chain and reject Parquet files under `dir` (recursively).
 ///
-/// Until the store's shard manifest is wired in, this is the contract: every
+/// Files are found by name and columns, not through the shard manifests, so
+/// a copied, partial or foreign output tree reads as well. The rule: every
 /// `**/*.parquet` whose name does not start with `rejected` and whose columns
 /// are a chain's is a chain file; names starting with `rejected` (or files
 /// with reject columns) are reject files; temporary files (`*.tmp`, names

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{Chain, Reject};
+use crate::record::{Chain, Reject, Stage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -237,8 +237,8 @@ impl<'a> Acc<'a> {
         self.h.seeds = self.seeds.len();
         self.h.covered = self.covered.len();
         if let Some(q) = quantiles(&self.tokens) {
-            self.h.tokens_mean = Some(q[0]);
-            self.h.tokens_p50 = Some(q[3]);
+            self.h.tokens_mean = Some(q.mean);
+            self.h.tokens_p50 = Some(q.p50);
         }
         self.h.reward_mean = (self.h.shipped > 0).then(|| self.reward / self.h.shipped as f64);
         self.h
@@ -247,7 +247,7 @@ impl<'a> Acc<'a> {
 
 /// `reward 0.41 < 0.60` -> `reward N < N`; `duplicate-of abc` -> `duplicate-of <id>`;
 /// quoted text -> `'…'`. Groups reasons for counting.
-pub fn reason_category(stage: &str, reason: &str) -> String {
+pub fn reason_category(stage: Stage, reason: &str) -> String {
     if let Some(rest) = reason.strip_prefix("duplicate-of") {
         let _ = rest;
         return "duplicate-of <id>".into();
@@ -326,11 +326,11 @@ impl Summary {
             seeds.insert(r.seed_id.as_str());
             s.rejected += 1;
             s.by_recipe.entry(recipe_name(r.recipe)).or_default().1 += 1;
-            let cat = reason_category(&r.stage, &r.reason);
+            let cat = reason_category(r.stage, &r.reason);
             *s.by_reason_recipe
-                .entry((r.stage.clone(), cat.clone(), recipe_name(r.recipe)))
+                .entry((r.stage.to_string(), cat.clone(), recipe_name(r.recipe)))
                 .or_default() += 1;
-            *s.by_reason.entry((r.stage.clone(), cat)).or_default() += 1;
+            *s.by_reason.entry((r.stage.to_string(), cat)).or_default() += 1;
             if let Ok(c) = serde_json::from_str::<Chain>(&r.row) {
                 if c.reward > 0.0 || !c.reasoning.is_empty() || !c.answer.is_empty() {
                     s.reward_rejected.push(c.reward);
@@ -435,7 +435,7 @@ impl Summary {
             let qs = quantiles(v);
             let mut row = vec![name.to_string(), v.len().to_string()];
             match qs {
-                Some(q) => row.extend(q.iter().map(|x| format!("{x:.prec$}"))),
+                Some(q) => row.extend(q.row().iter().map(|x| format!("{x:.prec$}"))),
                 None => row.extend(std::iter::repeat_n("-".to_string(), 6)),
             }
             row
@@ -568,8 +568,27 @@ fn pct(n: usize, total: usize) -> String {
     }
 }
 
-/// mean, min, p10, p50, p90, max (nearest-rank), or None when empty.
-pub fn quantiles(v: &[f64]) -> Option<[f64; 6]> {
+/// The summary of a column of numbers the stats table prints (one column each,
+/// in field order). Percentiles are nearest-rank.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantiles {
+    pub mean: f64,
+    pub min: f64,
+    pub p10: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub max: f64,
+}
+
+impl Quantiles {
+    /// The values in the stats table's column order.
+    pub fn row(&self) -> [f64; 6] {
+        [self.mean, self.min, self.p10, self.p50, self.p90, self.max]
+    }
+}
+
+/// [`Quantiles`] of the finite values of `v`, or None when there are none.
+pub fn quantiles(v: &[f64]) -> Option<Quantiles> {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if s.is_empty() {
         return None;
@@ -577,7 +596,14 @@ pub fn quantiles(v: &[f64]) -> Option<[f64; 6]> {
     s.sort_by(f64::total_cmp);
     let at = |p: f64| s[((p * (s.len() - 1) as f64).round() as usize).min(s.len() - 1)];
     let mean = s.iter().sum::<f64>() / s.len() as f64;
-    Some([mean, s[0], at(0.1), at(0.5), at(0.9), s[s.len() - 1]])
+    Some(Quantiles {
+        mean,
+        min: s[0],
+        p10: at(0.1),
+        p50: at(0.5),
+        p90: at(0.9),
+        max: s[s.len() - 1],
+    })
 }
 
 /// A plain aligned text table (first column left, others right aligned).
@@ -621,13 +647,13 @@ mod tests {
     #[test]
     fn chains_the_ship_policy_held_back_are_not_failures() {
         let held = Reject {
-            stage: crate::recipes::marco::STAGE_SHIP.into(),
+            stage: crate::recipes::marco::STAGE_SHIP,
             reason: "unverified".into(),
             seed_id: "s".into(),
             ..Default::default()
         };
         let failed = Reject {
-            stage: "filter.reward".into(),
+            stage: Stage::FilterReward,
             seed_id: "s".into(),
             ..Default::default()
         };
@@ -646,15 +672,15 @@ mod tests {
     #[test]
     fn reason_categories() {
         assert_eq!(
-            reason_category("filter.reward", "reward 0.412 < 0.600"),
+            reason_category(Stage::FilterReward, "reward 0.412 < 0.600"),
             "reward N < N"
         );
         assert_eq!(
-            reason_category("dedup", "duplicate-of 9af3"),
+            reason_category(Stage::Dedup, "duplicate-of 9af3"),
             "duplicate-of <id>"
         );
         assert_eq!(
-            reason_category("filter.verify", "answer '41' != reference '42'"),
+            reason_category(Stage::FilterVerify, "answer '41' != reference '42'"),
             "answer '…' != reference '…'"
         );
     }
@@ -662,7 +688,10 @@ mod tests {
     #[test]
     fn quantiles_nearest_rank() {
         let v: Vec<f64> = (0..=10).map(f64::from).collect();
-        assert_eq!(quantiles(&v), Some([5.0, 0.0, 1.0, 5.0, 9.0, 10.0]));
+        assert_eq!(
+            quantiles(&v).map(|q| q.row()),
+            Some([5.0, 0.0, 1.0, 5.0, 9.0, 10.0])
+        );
         assert_eq!(quantiles(&[]), None);
     }
 }

@@ -493,10 +493,10 @@ impl ViewerData {
                 reflections: is_chain
                     .then(|| v.get("reflections").and_then(Value::as_u64))
                     .flatten(),
-                stage: r.map(|r| r.stage.clone()),
+                stage: r.map(|r| r.stage.to_string()),
                 reason: r.map(|r| r.reason.clone()),
                 category: r
-                    .map(|r| format!("{}: {}", r.stage, reason_category(&r.stage, &r.reason))),
+                    .map(|r| format!("{}: {}", r.stage, reason_category(r.stage, &r.reason))),
                 prompt: s(v, "prompt").unwrap_or_default(),
                 system: s(v, "system"),
                 reasoning,

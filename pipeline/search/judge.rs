@@ -162,9 +162,9 @@ impl EngineJudge {
             .replace("{answer}", r.answer.trim());
         let mut msgs = Vec::new();
         if !self.prompts.system.is_empty() {
-            msgs.push(ChatMessage::new("system", self.prompts.system.clone()));
+            msgs.push(ChatMessage::system(self.prompts.system.clone()));
         }
-        msgs.push(ChatMessage::new("user", user));
+        msgs.push(ChatMessage::user(user));
         let text = self.engine.apply_chat_template(&msgs)?;
         let mut toks = self.engine.tokenize(&text, true)?;
         // Keep the end (rubric question and the assistant turn) when too long.

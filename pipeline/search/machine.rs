@@ -211,9 +211,9 @@ impl TreeSearch {
         let system = (!system.is_empty()).then_some(system);
         let mut msgs = Vec::new();
         if let Some(s) = &system {
-            msgs.push(ChatMessage::new("system", s.clone()));
+            msgs.push(ChatMessage::system(s.clone()));
         }
-        msgs.push(ChatMessage::new("user", seed.prompt.clone()));
+        msgs.push(ChatMessage::user(seed.prompt.clone()));
         let text = engine.apply_chat_template(&msgs)? + &prompts.thought_open;
         // Seed text is tokenized plain: control-token strings in it cannot open turns.
         let mut tokens = engine.chat_tokens(&msgs)?;
@@ -242,10 +242,7 @@ impl TreeSearch {
             reflection_plain: engine.tokenize(&plain_text, false)?,
             reflection_plain_text: plain_text,
         };
-        let id_hash = blake3::hash(seed.id.as_bytes());
-        let mut h = [0u8; 8];
-        h.copy_from_slice(&id_hash.as_bytes()[..8]);
-        let tree_seed = derive_seed(cfg.seed, u64::from_le_bytes(h));
+        let tree_seed = derive_seed(cfg.seed, crate::record::seed_hash(&seed.id));
         // One chain must fit one sequence: prompt, a thought token, the close
         // tag and a whole answer.
         let need = tokens.len() + 1 + inj.close.len() + cfg.answer_max_tokens as usize;

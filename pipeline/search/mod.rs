@@ -66,7 +66,7 @@ pub use driver::{
 pub use judge::{EngineJudge, Judge, JudgeConfig, JudgeRequest};
 pub use machine::{Ctl, StreamId, StreamStart, TreeSearch};
 pub use prompts::SearchPrompts;
-pub use result::{ChainMeta, ChainResult, Picks, StopReason, TreeExport, TreeResult, TreeStats};
+pub use result::{ChainResult, Picks, StopReason, TreeExport, TreeResult, TreeStats};
 pub use seeds::seeds_from_jsonl;
 pub use tree::{NodeId, TerminalCause, Tree};
 pub use value::{ValueKind, ValueSpec};

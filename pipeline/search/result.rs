@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Token;
-use crate::record::{Chain, Recipe, Seed};
+use crate::record::{Chain, Recipe, RowMeta, Seed};
 
 use super::config::{SearchConfig, SelectRule};
 use super::tree::{Answer, NodeId, TerminalCause};
@@ -172,41 +172,18 @@ pub struct TreeResult {
     pub tree: TreeExport,
 }
 
-/// Job-level fields a `Chain` row needs that the search does not know.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ChainMeta {
-    pub model: String,
-    pub model_blake3: String,
-    pub created_at: i64,
-}
-
 impl TreeResult {
     /// All terminal chains as `record::Chain` rows (recipe `marco_cot`).
     /// The id is blake3 of seed id, recipe and the chain's node path.
-    pub fn to_chains(&self, seed: &Seed, meta: &ChainMeta) -> Vec<Chain> {
+    pub fn to_chains(&self, seed: &Seed, meta: &RowMeta) -> Vec<Chain> {
         let settings = self.tree.config.settings_json();
         self.chains
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let path: Vec<String> = c.path.iter().map(|n| n.0.to_string()).collect();
-                let id = blake3::hash(
-                    format!(
-                        "{}\u{1f}{}\u{1f}{}",
-                        seed.id,
-                        Recipe::MarcoCot,
-                        path.join("/")
-                    )
-                    .as_bytes(),
-                )
-                .to_hex()
-                .to_string();
                 Chain {
-                    id,
-                    seed_id: seed.id.clone(),
-                    recipe: Some(Recipe::MarcoCot),
                     system: self.system.clone(),
-                    prompt: seed.prompt.clone(),
                     reasoning: c.reasoning.clone(),
                     answer: c.answer.clone(),
                     reward: c.reward,
@@ -215,13 +192,10 @@ impl TreeResult {
                     reflections: c.reflections,
                     verified: c.verified,
                     reference_answer: self.reference_answer.clone(),
-                    model: meta.model.clone(),
-                    model_blake3: meta.model_blake3.clone(),
-                    settings: settings.clone(),
-                    created_at: meta.created_at,
                     selected: Some(self.selected == Some(i)),
                     value: Some(c.value),
                     agreement: Some(c.agreement),
+                    ..meta.chain(seed, Recipe::MarcoCot, &path.join("/"), &settings)
                 }
             })
             .collect()

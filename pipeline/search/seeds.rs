@@ -1,5 +1,5 @@
-//! Seeds for the `search` command from JSONL, until the Parquet ingest is
-//! wired: one object per line with `id`, `prompt` or `question`, and an
+//! Seeds from JSONL for `cotforge search` and the benchmarks (jobs read seed
+//! Parquet through `store::ingest`): one object per line with `id`, `prompt` or `question`, and an
 //! optional `reference_answer` or `answer` (GSM8K's `#### 72` is understood).
 
 use serde_json::Value;

@@ -46,7 +46,7 @@ use crate::store::schema::{
 };
 
 /// The stage name of decontamination rejects.
-pub const STAGE: &str = "decontaminate";
+pub const STAGE: crate::record::Stage = crate::record::Stage::Decontaminate;
 /// Words per n-gram unless configured.
 pub const DEFAULT_N: usize = 13;
 /// Columns tried, in order, when none is configured.

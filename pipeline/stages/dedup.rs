@@ -411,9 +411,11 @@ impl Dedup {
                 let mut kept = Vec::with_capacity(shard.len());
                 for c in shard {
                     match decisions.next().flatten() {
-                        Some(of) => {
-                            rejects.push(reject_for(&c, "dedup", format!("duplicate-of {of}")))
-                        }
+                        Some(of) => rejects.push(reject_for(
+                            &c,
+                            crate::record::Stage::Dedup,
+                            format!("duplicate-of {of}"),
+                        )),
                         None => kept.push(c),
                     }
                 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::answer::{answers_match, extract_final_answer};
 use super::format::{check_format, render, Style};
 use super::{reject_for, StageError};
-use crate::record::{Chain, Reject};
+use crate::record::{Chain, Reject, Stage};
 
 /// Everything a filter may look at besides the chain itself.
 #[derive(Debug, Default, Clone)]
@@ -54,17 +54,6 @@ impl FilterConfig {
             FilterConfig::Language(c) => Filter::Language(c.build()?),
         })
     }
-
-    /// A sensible default list for reasoning recipes.
-    pub fn defaults() -> Vec<FilterConfig> {
-        vec![
-            FilterConfig::Format(FormatConfig::default()),
-            FilterConfig::Length(LengthConfig::default()),
-            FilterConfig::Repetition(RepetitionConfig::default()),
-            FilterConfig::Verify(VerifyConfig::default()),
-            FilterConfig::Reward(RewardConfig::default()),
-        ]
-    }
 }
 
 /// A built filter.
@@ -80,14 +69,14 @@ pub enum Filter {
 
 impl Filter {
     /// The `Reject.stage` name.
-    pub fn stage(&self) -> &'static str {
+    pub fn stage(&self) -> Stage {
         match self {
-            Filter::Reward(_) => "filter.reward",
-            Filter::Verify(_) => "filter.verify",
-            Filter::Format(_) => "filter.format",
-            Filter::Length(_) => "filter.length",
-            Filter::Repetition(_) => "filter.repetition",
-            Filter::Language(_) => "filter.language",
+            Filter::Reward(_) => Stage::FilterReward,
+            Filter::Verify(_) => Stage::FilterVerify,
+            Filter::Format(_) => Stage::FilterFormat,
+            Filter::Length(_) => Stage::FilterLength,
+            Filter::Repetition(_) => Stage::FilterRepetition,
+            Filter::Language(_) => Stage::FilterLanguage,
         }
     }
 

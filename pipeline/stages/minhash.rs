@@ -7,13 +7,7 @@
 //! `a`/`b` drawn from splitmix64 seeded by the config seed.
 
 /// splitmix64: the seed expander and the final mixer of shingle hashes.
-#[inline]
-pub fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use crate::engine::sampling::splitmix64;
 
 #[inline]
 fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {

@@ -18,7 +18,7 @@ pub use dedup::{Dedup, DedupConfig, SignatureIndex};
 pub use filter::{Filter, FilterChain, FilterConfig, FilterContext};
 pub use format::{check_format, render, FormatError, Style};
 
-use crate::record::{Chain, Reject};
+use crate::record::{Chain, Reject, Stage};
 
 /// Errors of the stages module.
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +58,12 @@ impl StageError {
 }
 
 /// A [`Reject`] for a chain, with the chain serialized as JSON so nothing is lost.
-pub fn reject_for(chain: &Chain, stage: &str, reason: String) -> Reject {
+pub fn reject_for(chain: &Chain, stage: Stage, reason: String) -> Reject {
     Reject {
         seed_id: chain.seed_id.clone(),
         chain_id: Some(chain.id.clone()),
         recipe: chain.recipe,
-        stage: stage.to_string(),
+        stage,
         reason,
         row: serde_json::to_string(chain).unwrap_or_default(),
     }

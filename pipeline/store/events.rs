@@ -5,7 +5,7 @@
 
 use super::worker::ShardState;
 use super::ShardSpec;
-use crate::record::Recipe;
+use crate::record::{Recipe, Stage};
 
 /// One thing that happened in a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +30,7 @@ pub enum Event {
     ChainRejected {
         seed_id: String,
         chain_id: Option<String>,
-        stage: String,
+        stage: Stage,
     },
     /// Every result of one input row is journaled.
     SeedDone {

@@ -650,7 +650,7 @@ impl Ingest {
                 seed_id,
                 chain_id: None,
                 recipe: None,
-                stage: "ingest".into(),
+                stage: crate::record::Stage::Ingest,
                 reason,
                 row: serde_json::to_string(&seed).unwrap_or_default(),
             }),

@@ -85,6 +85,9 @@ pub enum StoreError {
     Import { path: PathBuf, reason: String },
     #[error("schema: {0}")]
     Schema(String),
+    /// A column of a stored row file that cannot be read as the schema says.
+    #[error("column '{column}': {msg}")]
+    Column { column: String, msg: String },
     #[error("{path}: {what} is locked by {holder}; another worker is running it")]
     LockHeld {
         path: PathBuf,

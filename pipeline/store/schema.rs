@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use serde::Deserialize;
 
 use super::{Result, StoreError};
-use crate::record::{Chain, Recipe, Reject, Seed};
+use crate::record::{Chain, Recipe, Reject, Seed, Stage};
 
 pub const SEEDS_JSON: &str = include_str!("../../schemas/seeds.json");
 pub const CHAINS_JSON: &str = include_str!("../../schemas/chains.json");
@@ -253,99 +253,175 @@ pub fn rejects_to_batch(rows: &[Reject]) -> Result<RecordBatch> {
     )
 }
 
-fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
-    b.column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| StoreError::Schema(format!("column `{name}` missing or of another type")))
+/// The columns of one batch by name, each cast to the type the decoder asks
+/// for: a writer that picked int64 for `tokens` (or another list item
+/// nullability) still reads, and a column added after v1 (`selected`,
+/// `value`, `agreement`) or any optional one may be absent and reads as null.
+struct Cols<'a>(&'a RecordBatch);
+
+impl Cols<'_> {
+    fn err(column: &str, msg: impl Into<String>) -> StoreError {
+        StoreError::Column {
+            column: column.into(),
+            msg: msg.into(),
+        }
+    }
+
+    fn get(&self, name: &str, ty: &DataType) -> Result<Option<ArrayRef>> {
+        let Some(col) = self.0.column_by_name(name) else {
+            return Ok(None);
+        };
+        arrow::compute::cast(col, ty)
+            .map(Some)
+            .map_err(|e| Self::err(name, e.to_string()))
+    }
+
+    /// A column as a concrete array type; `None` when absent (an error when
+    /// `required`).
+    fn typed<T: Array + Clone + 'static>(
+        &self,
+        name: &str,
+        ty: &DataType,
+        required: bool,
+    ) -> Result<Option<T>> {
+        match self.get(name, ty)? {
+            None if required => Err(Self::err(name, "missing")),
+            None => Ok(None),
+            Some(a) => a
+                .as_any()
+                .downcast_ref::<T>()
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| Self::err(name, format!("not {ty}"))),
+        }
+    }
+
+    fn strings(&self, name: &str, required: bool) -> Result<Vec<Option<String>>> {
+        let n = self.0.num_rows();
+        let Some(a) = self.typed::<StringArray>(name, &DataType::Utf8, required)? else {
+            return Ok(vec![None; n]);
+        };
+        Ok((0..n)
+            .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
+            .collect())
+    }
+
+    /// The `recipe` column: null or empty is no recipe; a name the pipeline
+    /// does not know is an error (never silently dropped to no recipe).
+    fn recipes(&self) -> Result<Vec<Option<Recipe>>> {
+        self.strings("recipe", false)?
+            .into_iter()
+            .map(|s| match s {
+                None => Ok(None),
+                Some(s) if s.is_empty() => Ok(None),
+                Some(s) => s.parse().map(Some).map_err(|m| Self::err("recipe", m)),
+            })
+            .collect()
+    }
 }
 
-fn opt_s(a: &StringArray, i: usize) -> Option<String> {
-    a.is_valid(i).then(|| a.value(i).to_string())
+/// Row `i` of an optional column when the column is there and the value not null.
+fn at<T: Array>(v: &Option<T>, i: usize) -> Option<&T> {
+    v.as_ref().filter(|a| a.is_valid(i))
 }
 
-fn recipe(a: &StringArray, i: usize) -> Option<Recipe> {
-    opt_s(a, i).and_then(|s| s.parse().ok())
-}
-
-/// Read back chains written by [`chains_to_batch`] (tests, merge, export).
+/// Read back chains written by [`chains_to_batch`], or by another writer of
+/// the same columns (cast to the schema's types, see `Cols`): the one decoder of the chains schema
+/// (shards, finalize, export, report).
 pub fn batch_to_chains(b: &RecordBatch) -> Result<Vec<Chain>> {
-    let id = col::<StringArray>(b, "id")?;
-    let seed_id = col::<StringArray>(b, "seed_id")?;
-    let rec = col::<StringArray>(b, "recipe")?;
-    let system = col::<StringArray>(b, "system")?;
-    let prompt = col::<StringArray>(b, "prompt")?;
-    let reasoning = col::<StringArray>(b, "reasoning")?;
-    let answer = col::<StringArray>(b, "answer")?;
-    let reward = col::<Float64Array>(b, "reward")?;
-    let confs = col::<ListArray>(b, "step_confidences")?;
-    let tokens = col::<UInt32Array>(b, "tokens")?;
-    let reflections = col::<UInt32Array>(b, "reflections")?;
-    let verified = col::<BooleanArray>(b, "verified")?;
-    let reference = col::<StringArray>(b, "reference_answer")?;
-    let model = col::<StringArray>(b, "model")?;
-    let model_blake3 = col::<StringArray>(b, "model_blake3")?;
-    let settings = col::<StringArray>(b, "settings")?;
-    let created = col::<Int64Array>(b, "created_at")?;
-    // Added after v1 files were written: absent columns read as null.
-    let selected = b
-        .column_by_name("selected")
-        .and_then(|c| c.as_any().downcast_ref::<BooleanArray>());
-    let opt_f64 = |name: &str| {
-        b.column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
-    };
-    let (value, agreement) = (opt_f64("value"), opt_f64("agreement"));
-    let get_f =
-        |a: Option<&Float64Array>, i: usize| a.filter(|a| a.is_valid(i)).map(|a| a.value(i));
-    (0..b.num_rows())
-        .map(|i| {
-            let c = confs.value(i);
-            let c = c
+    let c = Cols(b);
+    let s = |name: &str| c.strings(name, true);
+    let o = |name: &str| c.strings(name, false);
+    let mut id = s("id")?.into_iter();
+    let mut seed_id = s("seed_id")?.into_iter();
+    let mut prompt = s("prompt")?.into_iter();
+    let mut reasoning = s("reasoning")?.into_iter();
+    let mut answer = s("answer")?.into_iter();
+    let mut recipe = c.recipes()?.into_iter();
+    let mut system = o("system")?.into_iter();
+    let mut reference = o("reference_answer")?.into_iter();
+    let mut model = o("model")?.into_iter();
+    let mut model_b3 = o("model_blake3")?.into_iter();
+    let mut settings = o("settings")?.into_iter();
+    let f64s = |name: &str, req: bool| c.typed::<Float64Array>(name, &DataType::Float64, req);
+    let u32s = |name: &str| c.typed::<UInt32Array>(name, &DataType::UInt32, false);
+    let bools = |name: &str| c.typed::<BooleanArray>(name, &DataType::Boolean, false);
+    let reward = f64s("reward", true)?;
+    let (value, agreement) = (f64s("value", false)?, f64s("agreement", false)?);
+    let (tokens, reflections) = (u32s("tokens")?, u32s("reflections")?);
+    let (verified, selected) = (bools("verified")?, bools("selected")?);
+    let created = c.typed::<Int64Array>("created_at", &DataType::Int64, false)?;
+    let steps = c.typed::<ListArray>(
+        "step_confidences",
+        &DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true))),
+        false,
+    )?;
+    let mut out = Vec::with_capacity(b.num_rows());
+    for i in 0..b.num_rows() {
+        let step_confidences = match at(&steps, i) {
+            Some(l) => l
+                .value(i)
                 .as_any()
                 .downcast_ref::<Float64Array>()
-                .ok_or_else(|| StoreError::Schema("step_confidences items".into()))?;
-            Ok(Chain {
-                id: id.value(i).into(),
-                seed_id: seed_id.value(i).into(),
-                recipe: recipe(rec, i),
-                system: opt_s(system, i),
-                prompt: prompt.value(i).into(),
-                reasoning: reasoning.value(i).into(),
-                answer: answer.value(i).into(),
-                reward: reward.value(i),
-                step_confidences: c.values().to_vec(),
-                tokens: tokens.value(i),
-                reflections: reflections.value(i),
-                verified: verified.is_valid(i).then(|| verified.value(i)),
-                reference_answer: opt_s(reference, i),
-                model: model.value(i).into(),
-                model_blake3: model_blake3.value(i).into(),
-                settings: settings.value(i).into(),
-                created_at: created.value(i),
-                selected: selected.filter(|a| a.is_valid(i)).map(|a| a.value(i)),
-                value: get_f(value, i),
-                agreement: get_f(agreement, i),
-            })
-        })
-        .collect()
+                .ok_or_else(|| Cols::err("step_confidences", "items are not float64"))?
+                .iter()
+                .flatten()
+                .collect(),
+            None => Vec::new(),
+        };
+        out.push(Chain {
+            id: id.next().flatten().unwrap_or_default(),
+            seed_id: seed_id.next().flatten().unwrap_or_default(),
+            recipe: recipe.next().flatten(),
+            system: system.next().flatten(),
+            prompt: prompt.next().flatten().unwrap_or_default(),
+            reasoning: reasoning.next().flatten().unwrap_or_default(),
+            answer: answer.next().flatten().unwrap_or_default(),
+            reward: at(&reward, i).map_or(0.0, |a| a.value(i)),
+            step_confidences,
+            tokens: at(&tokens, i).map_or(0, |a| a.value(i)),
+            reflections: at(&reflections, i).map_or(0, |a| a.value(i)),
+            verified: at(&verified, i).map(|a| a.value(i)),
+            reference_answer: reference.next().flatten(),
+            model: model.next().flatten().unwrap_or_default(),
+            model_blake3: model_b3.next().flatten().unwrap_or_default(),
+            settings: settings.next().flatten().unwrap_or_default(),
+            created_at: at(&created, i).map_or(0, |a| a.value(i)),
+            selected: at(&selected, i).map(|a| a.value(i)),
+            value: at(&value, i).map(|a| a.value(i)),
+            agreement: at(&agreement, i).map(|a| a.value(i)),
+        });
+    }
+    Ok(out)
 }
 
-/// Read back rejects written by [`rejects_to_batch`].
+/// Read back rejects written by [`rejects_to_batch`] (the one decoder of the
+/// rejects schema; tolerant as [`batch_to_chains`]).
 pub fn batch_to_rejects(b: &RecordBatch) -> Result<Vec<Reject>> {
-    let seed_id = col::<StringArray>(b, "seed_id")?;
-    let chain_id = col::<StringArray>(b, "chain_id")?;
-    let rec = col::<StringArray>(b, "recipe")?;
-    let stage = col::<StringArray>(b, "stage")?;
-    let reason = col::<StringArray>(b, "reason")?;
-    let row = col::<StringArray>(b, "row")?;
+    let c = Cols(b);
+    let mut seed_id = c.strings("seed_id", true)?.into_iter();
+    let mut chain_id = c.strings("chain_id", false)?.into_iter();
+    let mut recipe = c.recipes()?.into_iter();
+    let mut stage = c
+        .strings("stage", true)?
+        .into_iter()
+        .map(|s| {
+            let s = s.unwrap_or_default();
+            s.parse::<Stage>()
+                .map_err(|_| Cols::err("stage", format!("unknown reject stage '{s}'")))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    let mut reason = c.strings("reason", true)?.into_iter();
+    let mut row = c.strings("row", false)?.into_iter();
     Ok((0..b.num_rows())
-        .map(|i| Reject {
-            seed_id: seed_id.value(i).into(),
-            chain_id: opt_s(chain_id, i),
-            recipe: recipe(rec, i),
-            stage: stage.value(i).into(),
-            reason: reason.value(i).into(),
-            row: row.value(i).into(),
+        .map(|_| Reject {
+            seed_id: seed_id.next().flatten().unwrap_or_default(),
+            chain_id: chain_id.next().flatten(),
+            recipe: recipe.next().flatten(),
+            stage: stage.next().unwrap_or_default(),
+            reason: reason.next().flatten().unwrap_or_default(),
+            row: row.next().flatten().unwrap_or_default(),
         })
         .collect())
 }
@@ -430,6 +506,59 @@ mod tests {
         );
     }
 
+    /// The one decoder: an unknown recipe is an error naming the column (the
+    /// store's old decoder read it as no recipe, the report's refused it),
+    /// other integer widths are cast, absent optional columns read as null.
+    #[test]
+    fn decoder_refuses_unknown_recipes_and_casts_widths() {
+        let b = RecordBatch::try_from_iter([
+            ("id", Arc::new(StringArray::from(vec!["c"])) as ArrayRef),
+            (
+                "seed_id",
+                Arc::new(StringArray::from(vec!["s"])) as ArrayRef,
+            ),
+            (
+                "recipe",
+                Arc::new(StringArray::from(vec!["bogus"])) as ArrayRef,
+            ),
+            ("prompt", Arc::new(StringArray::from(vec!["p"])) as ArrayRef),
+            (
+                "reasoning",
+                Arc::new(StringArray::from(vec!["r"])) as ArrayRef,
+            ),
+            ("answer", Arc::new(StringArray::from(vec!["a"])) as ArrayRef),
+            (
+                "reward",
+                Arc::new(Float64Array::from(vec![0.5])) as ArrayRef,
+            ),
+            ("tokens", Arc::new(Int64Array::from(vec![7])) as ArrayRef),
+        ])
+        .expect("batch");
+        let e = batch_to_chains(&b).expect_err("unknown recipe");
+        assert!(e.to_string().contains("column 'recipe'"), "{e}");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let fixed = RecordBatch::try_new(
+            b.schema(),
+            b.columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i == 2 {
+                        Arc::new(StringArray::from(vec!["open_o1"])) as ArrayRef
+                    } else {
+                        c.clone()
+                    }
+                })
+                .collect(),
+        )
+        .expect("batch");
+        let rows = batch_to_chains(&fixed).expect("rows");
+        assert_eq!(rows[0].recipe, Some(Recipe::OpenO1));
+        assert_eq!(rows[0].tokens, 7);
+        assert_eq!(rows[0].verified, None);
+        assert!(rows[0].step_confidences.is_empty());
+    }
+
     #[test]
     fn rows_roundtrip_through_batches() {
         let c = Chain {
@@ -450,7 +579,7 @@ mod tests {
         );
         let r = Reject {
             seed_id: "s".into(),
-            stage: "ingest".into(),
+            stage: Stage::Ingest,
             reason: "empty prompt".into(),
             ..Default::default()
         };

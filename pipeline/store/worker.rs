@@ -330,7 +330,7 @@ impl Writer<'_> {
             self.sink.event(&Event::ChainRejected {
                 seed_id: r.seed_id.clone(),
                 chain_id: r.chain_id.clone(),
-                stage: r.stage.clone(),
+                stage: r.stage,
             });
         }
         self.sink.event(&Event::SeedDone {
@@ -375,7 +375,7 @@ fn append(journal: &mut Journal, entry: JournalEntry, seed_json: &str) -> Result
                     seed_id: entry.seed_id,
                     chain_id: None,
                     recipe: None,
-                    stage: "store.journal".into(),
+                    stage: crate::record::Stage::StoreJournal,
                     reason: format!(
                         "result too large to journal: {bytes} bytes > frame limit {max} bytes \
                          (lower the recipe's token budgets or split the seed)"

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::super::config::HttpConfig;
-use super::super::sampling::mix64;
+use super::super::sampling::splitmix64;
 
 /// Why one HTTP exchange failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -182,7 +182,7 @@ impl Endpoint {
                 Mutex::new(Bucket::new(per_s, r.max(1.0)))
             }),
             counters: Counters::default(),
-            jitter: AtomicU64::new(mix64(std::process::id() as u64)),
+            jitter: AtomicU64::new(splitmix64(std::process::id() as u64)),
         })
     }
 
@@ -214,7 +214,7 @@ impl Endpoint {
             .backoff_ms
             .saturating_mul(1u64 << attempt.min(20))
             .min(self.backoff_max_ms);
-        let r = mix64(self.jitter.fetch_add(1, Ordering::Relaxed));
+        let r = splitmix64(self.jitter.fetch_add(1, Ordering::Relaxed));
         let u = (r >> 11) as f64 / (1u64 << 53) as f64;
         let d = Duration::from_secs_f64(bound as f64 / 1000.0 * (0.5 + 0.5 * u));
         // A server asking for more (429 Retry-After) gets it, within reason.
