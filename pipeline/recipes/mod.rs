@@ -4,7 +4,8 @@
 //! filter goes to the rejected shard with the reason.
 //!
 //! [`job`] parses and validates job files; [`run`] runs a job's shards and the
-//! finishing merge (dedup, export, report).
+//! finishing merge (dedup, export, report); [`metrics`] is the event sink that
+//! writes `metrics.jsonl`.
 
 pub mod instruction;
 pub mod job;

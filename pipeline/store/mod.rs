@@ -18,6 +18,9 @@
 //! (`status`, `verify`) take whatever directory names they find.
 //! A shard's two Parquet files are always written, even when empty, so a
 //! reader can count on them. The journal is deleted once the marker exists.
+//!
+//! The worker reports what it journals and commits as typed [`events::Event`]s
+//! through an [`events::EventSink`]; it never prints (the CLI renders them).
 
 pub mod crash;
 pub mod events;
