@@ -17,8 +17,22 @@ use crate::engine::bench::{DecodeRun, ScoreRun};
 
 /// How a binary's CPU kernels were chosen (scripts/build.sh for cotforge,
 /// scripts/llama-tools.sh for llama.cpp's tools).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantNames,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum CpuBuild {
     /// `GGML_NATIVE=OFF`: AVX2 kernels, what llama-cpp-sys-2 builds without
     /// `-C target-cpu=native`.
@@ -35,12 +49,7 @@ pub enum CpuBuild {
 
 impl CpuBuild {
     pub fn as_str(self) -> &'static str {
-        match self {
-            CpuBuild::Portable => "portable",
-            CpuBuild::Native => "native",
-            CpuBuild::Custom => "custom",
-            CpuBuild::Unknown => "unknown",
-        }
+        self.into()
     }
 }
 

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
+use strum::VariantNames;
 
 use crate::bench::engine::{
     render as render_engine, run_engine_bench, Baseline, CpuBuild, EngineBenchOptions,
@@ -119,7 +121,12 @@ pub struct EngineBenchArgs {
     pub llama_cpp_source: String,
     /// How cotforge itself was built (scripts/build.sh sets COTFORGE_BUILD_CPU),
     /// printed and recorded in the JSON.
-    #[arg(long, value_enum, default_value_t = CpuBuild::Unknown)]
+    #[arg(
+        long,
+        default_value_t = CpuBuild::Unknown,
+        value_parser = PossibleValuesParser::new(<CpuBuild as VariantNames>::VARIANTS)
+            .try_map(|s| s.parse::<CpuBuild>()),
+    )]
     pub cotforge_build: CpuBuild,
     /// Text scored by both sides (needs at least 2 chunks of 512 tokens).
     #[arg(long, default_value = "benches/data/score.txt")]
