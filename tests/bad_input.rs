@@ -19,9 +19,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int32Type};
 use common::wrap::{holds, Hook, Wrap};
-use cotforge::engine::{
-    ChatMessage, CoreLimits, Engine, EngineError, ScriptedConfig, ScriptedEngine, Token,
-};
+use cotforge::engine::{ChatMessage, Engine, EngineError, ScriptedEngine, Token};
 use cotforge::recipes::instruction::{Instruction, InstructionConfig};
 use cotforge::recipes::open_o1::{OpenO1, OpenO1Config};
 use cotforge::recipes::RowMeta;
@@ -63,6 +61,18 @@ fn cotforge(args: &[&str]) -> Output {
         .env_remove("JOB_COMPLETION_INDEX")
         .output()
         .expect("spawn cotforge")
+}
+
+/// `cotforge seeds import input` into `dir/seeds.parquet`.
+fn import_seeds(input: &Path, dir: &Path) -> Output {
+    let out = dir.join("seeds.parquet");
+    cotforge(&[
+        "seeds",
+        "import",
+        input.to_str().expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+    ])
 }
 
 /// The command failed cleanly (exit 1 or 75, not a panic) with `fragment` in its message.
@@ -139,6 +149,18 @@ fn refused_job(dir: &Path, text: &str, fragment: &str) -> Result<(), String> {
         return Err("a refused job wrote output".into());
     }
     Ok(())
+}
+
+/// A job over good seeds with `[store]` extras `store` and open_o1 recipe
+/// extras `extra`, its `out` left as `@OUT@` for [`refused_job`].
+fn refused_open_o1_job(dir: &Path, store: &str, extra: &str) -> String {
+    let good = good_seeds(dir);
+    job_text(
+        Path::new("@OUT@"),
+        "",
+        store,
+        &open_o1_recipe(&[&good], extra),
+    )
 }
 
 fn good_seeds(dir: &Path) -> PathBuf {
@@ -340,30 +362,24 @@ fn typed_seed_files(dir: &Path) -> Vec<(PathBuf, &'static str)> {
         ],
     );
     v.push((p, "t-map"));
-    let p = dir.join("large.parquet");
-    write_cols(
-        &p,
-        vec![
-            ("id", strs(&[Some("t-large")])),
-            (
-                "prompt",
-                Arc::new(LargeStringArray::from(vec!["Name a planet."])),
-            ),
-        ],
-    );
-    v.push((p, "t-large"));
-    let p = dir.join("view.parquet");
-    write_cols(
-        &p,
-        vec![
-            ("id", strs(&[Some("t-view")])),
-            (
-                "prompt",
-                Arc::new(StringViewArray::from(vec!["Name a metal."])),
-            ),
-        ],
-    );
-    v.push((p, "t-view"));
+    // Prompts as large and view strings.
+    let prompts: [(&str, &'static str, ArrayRef); 2] = [
+        (
+            "large.parquet",
+            "t-large",
+            Arc::new(LargeStringArray::from(vec!["Name a planet."])),
+        ),
+        (
+            "view.parquet",
+            "t-view",
+            Arc::new(StringViewArray::from(vec!["Name a metal."])),
+        ),
+    ];
+    for (file, id, prompt) in prompts {
+        let p = dir.join(file);
+        write_cols(&p, vec![("id", strs(&[Some(id)])), ("prompt", prompt)]);
+        v.push((p, id));
+    }
     v
 }
 
@@ -416,17 +432,7 @@ fn with_footer_rows(src: &Path, dst: &Path, rows: i64) {
     std::fs::write(dst, out).expect("write");
 }
 
-fn scripted() -> ScriptedEngine {
-    ScriptedEngine::scripted(
-        ScriptedConfig::default(),
-        CoreLimits {
-            n_ctx: 8192,
-            n_batch: 1024,
-            n_parallel: 4,
-            n_seq_max: 16,
-        },
-    )
-}
+use common::job_scripted as scripted;
 
 /// Fails one seed's template, scoring or sampling the way an engine can.
 struct Faulty {
@@ -489,6 +495,37 @@ fn seed(id: &str, prompt: &str, response: Option<&str>) -> Seed {
     }
 }
 
+/// The open_o1 recipe over `engine`: default settings, no filters.
+fn open_o1(engine: &mut dyn Engine) -> OpenO1<'_> {
+    OpenO1 {
+        engine,
+        cfg: OpenO1Config::default(),
+        filters: FilterChain::from_configs(&[]).expect("filters"),
+        meta: meta(),
+    }
+}
+
+/// The instruction recipe over `engine`: 2 samples of 16 tokens, seed 1, no filters.
+fn instruction(engine: &mut dyn Engine) -> Instruction<'_> {
+    Instruction {
+        engine,
+        cfg: InstructionConfig {
+            n: 2,
+            max_tokens: 16,
+            seed: 1,
+            ..Default::default()
+        },
+        filters: FilterChain::from_configs(&[]).expect("filters"),
+        meta: meta(),
+    }
+}
+
+/// `e` behind the [`Faulty`] hook.
+fn faulty_wrap(e: &mut ScriptedEngine) -> Wrap<'_, Faulty> {
+    let hook = faulty(e);
+    Wrap { inner: e, hook }
+}
+
 fn meta() -> RowMeta {
     RowMeta {
         model: "scripted".into(),
@@ -534,51 +571,50 @@ fn good_response() -> Option<&'static str> {
     Some("<Thought>\nTwo and two.\n</Thought>\n<Output>\n4\n</Output>")
 }
 
+/// A class whose seed `id` must be rejected at `stage` for `reason`.
+fn rejected_class(
+    name: &'static str,
+    rows: Arc<JobRows>,
+    id: &'static str,
+    stage: &'static str,
+    reason: &'static str,
+) -> Class {
+    class(name, move |_| rejected(&rows, id, stage, reason))
+}
+
 fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Vec<Class> {
     let r = || rows.clone();
     let mut t = vec![
         // ---- per seed: a reject row, the shard completes ----
-        class("null prompt", {
-            let rows = r();
-            move |_| rejected(&rows, "o-null", "ingest", "null prompt")
-        }),
-        class("whitespace-only prompt", {
-            let rows = r();
-            move |_| rejected(&rows, "o-space", "ingest", "empty prompt")
-        }),
-        class("prompt over max_prompt_chars", {
-            let rows = r();
-            move |_| {
-                rejected(
-                    &rows,
-                    "o-long",
-                    "ingest",
-                    "prompt too long: 2001 chars > budget 2000 chars",
-                )
-            }
-        }),
-        class("invalid UTF-8 in a binary prompt", {
-            let rows = r();
-            move |_| {
-                rejected(
-                    &rows,
-                    "o-utf8",
-                    "ingest",
-                    "invalid UTF-8 in column prompt at byte 4",
-                )
-            }
-        }),
-        class("NUL byte in a prompt", {
-            let rows = r();
-            move |_| {
-                rejected(
-                    &rows,
-                    "o-nul",
-                    "ingest",
-                    "NUL byte in column prompt at byte 4 (remove it from the seed)",
-                )
-            }
-        }),
+        rejected_class("null prompt", r(), "o-null", "ingest", "null prompt"),
+        rejected_class(
+            "whitespace-only prompt",
+            r(),
+            "o-space",
+            "ingest",
+            "empty prompt",
+        ),
+        rejected_class(
+            "prompt over max_prompt_chars",
+            r(),
+            "o-long",
+            "ingest",
+            "prompt too long: 2001 chars > budget 2000 chars",
+        ),
+        rejected_class(
+            "invalid UTF-8 in a binary prompt",
+            r(),
+            "o-utf8",
+            "ingest",
+            "invalid UTF-8 in column prompt at byte 4",
+        ),
+        rejected_class(
+            "NUL byte in a prompt",
+            r(),
+            "o-nul",
+            "ingest",
+            "NUL byte in column prompt at byte 4 (remove it from the seed)",
+        ),
         class("duplicate id", {
             let rows = r();
             move |_| {
@@ -591,32 +627,27 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
                 accepted(&rows, "o-good")
             }
         }),
-        class("open_o1 seed without a response", {
-            let rows = r();
-            move |_| {
-                rejected(
-                    &rows,
-                    "o-noresp",
-                    "open_o1.input",
-                    "seed has no response to score",
-                )
-            }
-        }),
-        class("open_o1 response without <Thought>/<Output>", {
-            let rows = r();
-            move |_| {
-                rejected(
-                    &rows,
-                    "o-badresp",
-                    "open_o1.input",
-                    "response is not a <Thought>/<Output> chain",
-                )
-            }
-        }),
-        class("open_o1 chain longer than n_ctx", {
-            let rows = r();
-            move |_| rejected(&rows, "o-huge", "open_o1.input", "over the limit of 1024")
-        }),
+        rejected_class(
+            "open_o1 seed without a response",
+            r(),
+            "o-noresp",
+            "open_o1.input",
+            "seed has no response to score",
+        ),
+        rejected_class(
+            "open_o1 response without <Thought>/<Output>",
+            r(),
+            "o-badresp",
+            "open_o1.input",
+            "response is not a <Thought>/<Output> chain",
+        ),
+        rejected_class(
+            "open_o1 chain longer than n_ctx",
+            r(),
+            "o-huge",
+            "open_o1.input",
+            "over the limit of 1024",
+        ),
         class("instruction prompt + max_tokens over n_ctx", {
             let rows = r();
             move |_| {
@@ -638,22 +669,13 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
         ),
         class("the chat template fails on one seed", |_| {
             let mut e = scripted();
-            let hook = faulty(&e);
-            let mut w = Wrap {
-                inner: &mut e,
-                hook,
-            };
+            let mut w = faulty_wrap(&mut e);
             let seeds = vec![
                 seed("a", "What is 2+2?", good_response()),
                 seed("b", "FAIL-TEMPLATE here", good_response()),
                 seed("c", "And 3+3?", good_response()),
             ];
-            let mut p = OpenO1 {
-                engine: &mut w,
-                cfg: OpenO1Config::default(),
-                filters: FilterChain::from_configs(&[]).expect("filters"),
-                meta: meta(),
-            };
+            let mut p = open_o1(&mut w);
             one_seed_fails(
                 &mut p,
                 &seeds,
@@ -661,17 +683,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
                 "open_o1.prompt",
                 "injected template failure",
             )?;
-            let mut p = Instruction {
-                engine: &mut w,
-                cfg: InstructionConfig {
-                    n: 2,
-                    max_tokens: 16,
-                    seed: 1,
-                    ..Default::default()
-                },
-                filters: FilterChain::from_configs(&[]).expect("filters"),
-                meta: meta(),
-            };
+            let mut p = instruction(&mut w);
             one_seed_fails(
                 &mut p,
                 &seeds,
@@ -684,11 +696,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             "teacher-forced scoring fails for one seed of a batch",
             |_| {
                 let mut e = scripted();
-                let hook = faulty(&e);
-                let mut w = Wrap {
-                    inner: &mut e,
-                    hook,
-                };
+                let mut w = faulty_wrap(&mut e);
                 let seeds = vec![
                     seed("a", "What is 2+2?", good_response()),
                     seed(
@@ -698,38 +706,19 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
                     ),
                     seed("c", "And 3+3?", good_response()),
                 ];
-                let mut p = OpenO1 {
-                    engine: &mut w,
-                    cfg: OpenO1Config::default(),
-                    filters: FilterChain::from_configs(&[]).expect("filters"),
-                    meta: meta(),
-                };
+                let mut p = open_o1(&mut w);
                 one_seed_fails(&mut p, &seeds, "b", "open_o1.score", "injected: no room")
             },
         ),
         class("sampling fails for one seed of a batch", |_| {
             let mut e = scripted();
-            let hook = faulty(&e);
-            let mut w = Wrap {
-                inner: &mut e,
-                hook,
-            };
+            let mut w = faulty_wrap(&mut e);
             let seeds = vec![
                 seed("a", "Name a color.", None),
                 seed("b", "Say QQSAMPLEFAILQQ.", None),
                 seed("c", "Name a shape.", None),
             ];
-            let mut p = Instruction {
-                engine: &mut w,
-                cfg: InstructionConfig {
-                    n: 2,
-                    max_tokens: 16,
-                    seed: 1,
-                    ..Default::default()
-                },
-                filters: FilterChain::from_configs(&[]).expect("filters"),
-                meta: meta(),
-            };
+            let mut p = instruction(&mut w);
             one_seed_fails(
                 &mut p,
                 &seeds,
@@ -742,11 +731,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             "an engine failure that is not the seed's stops the shard naming the seed",
             |d| {
                 let mut e = scripted();
-                let hook = faulty(&e);
-                let mut w = Wrap {
-                    inner: &mut e,
-                    hook,
-                };
+                let mut w = faulty_wrap(&mut e);
                 let seeds = d.join("s.parquet");
                 let mut v = synthetic_seeds(5);
                 for s in v.iter_mut() {
@@ -754,12 +739,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
                 }
                 v[3].prompt = "FAIL-ENGINE please".into();
                 write_seeds(&seeds, &v);
-                let mut p = OpenO1 {
-                    engine: &mut w,
-                    cfg: OpenO1Config::default(),
-                    filters: FilterChain::from_configs(&[]).expect("filters"),
-                    meta: meta(),
-                };
+                let mut p = open_o1(&mut w);
                 let mut o = ShardOptions::new(d.join("out"), Recipe::OpenO1, ShardSpec::single());
                 o.batch_seeds = 1;
                 let ing = Ingest::open(&[&seeds], IngestOptions::default()).expect("open");
@@ -806,67 +786,40 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
             has(&rows[0].reason, "result too large to journal")
         }),
         // ---- inputs users have that must work ----
-        class("Int64 id column (and a numeric reference_answer)", {
-            let typed = typed.clone();
-            let rows = r();
-            move |_| {
-                let s = ingest_one(&typed[0].0)?;
+        typed_class(
+            "Int64 id column (and a numeric reference_answer)",
+            &typed[0],
+            r(),
+            |s| {
                 if s.id != "42" || s.reference_answer.as_deref() != Some("7.5") {
                     return Err(format!("{s:?}"));
                 }
-                in_output(&rows, "42")
+                Ok(())
+            },
+        ),
+        typed_class("dictionary-encoded source and lang", &typed[1], r(), |s| {
+            if s.source.as_deref() != Some("gsm8k") || s.lang.as_deref() != Some("en") {
+                return Err(format!("{s:?}"));
             }
+            Ok(())
         }),
-        class("dictionary-encoded source and lang", {
-            let typed = typed.clone();
-            let rows = r();
-            move |_| {
-                let s = ingest_one(&typed[1].0)?;
-                if s.source.as_deref() != Some("gsm8k") || s.lang.as_deref() != Some("en") {
-                    return Err(format!("{s:?}"));
-                }
-                in_output(&rows, "t-dict")
+        typed_class("struct meta", &typed[2], r(), |s| {
+            if s.meta.as_deref() != Some(r#"{"a":1,"b":"x"}"#) {
+                return Err(format!("{s:?}"));
             }
+            Ok(())
         }),
-        class("struct meta", {
-            let typed = typed.clone();
-            let rows = r();
-            move |_| {
-                let s = ingest_one(&typed[2].0)?;
-                if s.meta.as_deref() != Some(r#"{"a":1,"b":"x"}"#) {
-                    return Err(format!("{s:?}"));
-                }
-                in_output(&rows, "t-struct")
+        typed_class("map meta", &typed[3], r(), |s| {
+            if s.meta.as_deref() != Some(r#"{"k":"v"}"#) {
+                return Err(format!("{s:?}"));
             }
+            Ok(())
         }),
-        class("map meta", {
-            let typed = typed.clone();
-            let rows = r();
-            move |_| {
-                let s = ingest_one(&typed[3].0)?;
-                if s.meta.as_deref() != Some(r#"{"k":"v"}"#) {
-                    return Err(format!("{s:?}"));
-                }
-                in_output(&rows, "t-map")
-            }
+        typed_class("large_string prompt", &typed[4], r(), |s| {
+            has(&s.prompt, "Name a planet.")
         }),
-        class("large_string prompt", {
-            let typed = typed.clone();
-            let rows = r();
-            move |_| {
-                let s = ingest_one(&typed[4].0)?;
-                has(&s.prompt, "Name a planet.")?;
-                in_output(&rows, "t-large")
-            }
-        }),
-        class("string_view prompt", {
-            let typed = typed.clone();
-            let rows = r();
-            move |_| {
-                let s = ingest_one(&typed[5].0)?;
-                has(&s.prompt, "Name a metal.")?;
-                in_output(&rows, "t-view")
-            }
+        typed_class("string_view prompt", &typed[5], r(), |s| {
+            has(&s.prompt, "Name a metal.")
         }),
         // ---- seed files: refused before any work, naming the file ----
         class("truncated Parquet", |d| {
@@ -922,52 +875,30 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
         }),
         // ---- job files: refused before any work, naming the key ----
         class("flush_seconds = inf", |d| {
-            let good = good_seeds(d);
-            let text = job_text(
-                Path::new("@OUT@"),
-                "",
-                "flush_seconds = inf",
-                &open_o1_recipe(&[&good], ""),
-            );
             refused_job(
                 d,
-                &text,
+                &refused_open_o1_job(d, "flush_seconds = inf", ""),
                 "store.flush_seconds: must be a number of seconds from 0 to 86400, got inf",
             )
         }),
         class("flush_seconds = nan", |d| {
-            let good = good_seeds(d);
-            let text = job_text(
-                Path::new("@OUT@"),
-                "",
-                "flush_seconds = nan",
-                &open_o1_recipe(&[&good], ""),
-            );
             refused_job(
                 d,
-                &text,
+                &refused_open_o1_job(d, "flush_seconds = nan", ""),
                 "store.flush_seconds: must be a number of seconds from 0 to 86400, got NaN",
             )
         }),
         class("an empty open_o1 step_delimiter", |d| {
-            let good = good_seeds(d);
-            let text = job_text(
-                Path::new("@OUT@"),
-                "",
-                "",
-                &open_o1_recipe(&[&good], "[recipe.open_o1]\nstep_delimiter = \"\"\n"),
-            );
             refused_job(
                 d,
-                &text,
+                &refused_open_o1_job(d, "", "[recipe.open_o1]\nstep_delimiter = \"\"\n"),
                 "recipe[0].open_o1.step_delimiter: must not be empty",
             )
         }),
         class("a model path that is a directory", |d| {
-            let good = good_seeds(d);
             let m = d.join("models");
             std::fs::create_dir(&m).expect("mkdir");
-            let text = job_text(Path::new("@OUT@"), "", "", &open_o1_recipe(&[&good], "")).replace(
+            let text = refused_open_o1_job(d, "", "").replace(
                 "kind = \"scripted\"",
                 &format!("kind = \"llama\"\nmodel = {:?}", m.display().to_string()),
             );
@@ -981,14 +912,7 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
                 b"{\"prompt\": \"a\"}\n{\"prompt\": \"b\"}\n{\"prompt\": \"\xff\xfe\"}\n",
             )
             .expect("write");
-            let out = d.join("seeds.parquet");
-            let o = cotforge(&[
-                "seeds",
-                "import",
-                p.to_str().expect("utf8"),
-                "--out",
-                out.to_str().expect("utf8"),
-            ]);
+            let o = import_seeds(&p, d);
             fails_with(&o, "line 3: invalid UTF-8 at byte 12 of the line")?;
             has(&stderr(&o), "bad.jsonl")?;
             no_files_but(d, &["bad.jsonl"])
@@ -996,26 +920,12 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
         class("JSONL with an invalid JSON line", |d| {
             let p = d.join("bad.jsonl");
             std::fs::write(&p, "{\"prompt\": \"a\"}\n{\"prompt\": \n").expect("write");
-            let out = d.join("seeds.parquet");
-            let o = cotforge(&[
-                "seeds",
-                "import",
-                p.to_str().expect("utf8"),
-                "--out",
-                out.to_str().expect("utf8"),
-            ]);
+            let o = import_seeds(&p, d);
             fails_with(&o, "line 2: invalid JSON")?;
             no_files_but(d, &["bad.jsonl"])
         }),
         class("an import input that is a directory", |d| {
-            let out = d.join("seeds.parquet");
-            let o = cotforge(&[
-                "seeds",
-                "import",
-                d.to_str().expect("utf8"),
-                "--out",
-                out.to_str().expect("utf8"),
-            ]);
+            let o = import_seeds(d, d);
             fails_with(&o, "is a directory, not a JSON or JSONL file")
         }),
         // ---- resume identity ----
@@ -1157,17 +1067,8 @@ fn the_table(rows: Arc<JobRows>, typed: Arc<Vec<(PathBuf, &'static str)>>) -> Ve
 
 #[cfg(feature = "llama")]
 fn llama_classes() -> Vec<Class> {
-    use cotforge::engine::{LlamaConfig, LlamaEngine};
     fn load_err(p: &Path) -> String {
-        match LlamaEngine::load(&LlamaConfig {
-            model: p.to_path_buf(),
-            n_ctx: 512,
-            n_batch: 64,
-            n_parallel: 1,
-            n_seq_max: 2,
-            threads: 2,
-            ..Default::default()
-        }) {
+        match common::load_tiny(p) {
             Ok(_) => "loaded".into(),
             Err(e) => e.to_string(),
         }
@@ -1266,6 +1167,21 @@ fn llama_classes() -> Vec<Class> {
             has(&load_err(d), "is a directory, not a GGUF file")
         }),
     ]
+}
+
+/// A class for one of [`typed_seed_files`]: its one seed ingests, passes
+/// `check`, and reaches the job's output under its id.
+fn typed_class(
+    name: &'static str,
+    (file, id): &(PathBuf, &'static str),
+    rows: Arc<JobRows>,
+    check: impl Fn(&Seed) -> Result<(), String> + 'static,
+) -> Class {
+    let (file, id) = (file.clone(), *id);
+    class(name, move |_| {
+        check(&ingest_one(&file)?)?;
+        in_output(&rows, id)
+    })
 }
 
 fn ingest_one(p: &Path) -> Result<Seed, String> {

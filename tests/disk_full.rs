@@ -126,17 +126,24 @@ fn is_disk_full_error(o: &Output, file: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// 1500 synthetic seeds in `dir` and the output of one worker over them on
+/// an ample disk, to compare with; returns (seeds, reference output).
+fn seeds_and_reference(dir: &Path) -> (PathBuf, PathBuf) {
+    let seeds = dir.join("seeds.parquet");
+    write_seeds(&seeds, &synthetic_seeds(1500));
+    let reference = dir.join("ref");
+    let o = run(worker(&seeds, &reference, 0, 1));
+    assert!(o.status.success(), "{}", stderr(&o));
+    (seeds, reference)
+}
+
 #[test]
 fn full_disk_during_a_shard_commit() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let Some(fs) = Tmpfs::mount(tmp.path(), "mnt", "8m") else {
         return;
     };
-    let seeds = tmp.path().join("seeds.parquet");
-    write_seeds(&seeds, &synthetic_seeds(1500));
-    let reference = tmp.path().join("ref");
-    let o = run(worker(&seeds, &reference, 0, 1));
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (seeds, reference) = seeds_and_reference(tmp.path());
 
     let out = fs.dir.join("out");
     // Journal every row, then die just before the shard files are committed.
@@ -191,32 +198,38 @@ fn shards(job: &Path) {
     }
 }
 
+/// The scripted job `job` in `dir` writing to `out`, with its dedup index on
+/// the mount `fs`, its shards run; returns (job file, index path).
+fn sharded_job_with_index_on(fs: &Tmpfs, dir: &Path, out: &Path) -> (PathBuf, PathBuf) {
+    let index = fs.dir.join("dedup-index");
+    let idx = format!(
+        "[dedup]\nenabled = true\nindex = {:?}\n",
+        index.display().to_string()
+    );
+    let job = scripted_job(dir, "job", out, &[("[dedup]\nenabled = true\n", &idx)]);
+    shards(&job);
+    (job, index)
+}
+
+fn finalize(job: &Path) -> Output {
+    cotforge(&["finalize", job.to_str().expect("utf8")])
+}
+
 #[test]
 fn full_disk_during_finalize() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let Some(fs) = Tmpfs::mount(tmp.path(), "mnt", "8m") else {
         return;
     };
-    let index = fs.dir.join("dedup-index");
-    let idx = format!(
-        "[dedup]\nenabled = true\nindex = {:?}\n",
-        index.display().to_string()
-    );
     let reference_out = tmp.path().join("ref");
     let reference = scripted_job(tmp.path(), "ref", &reference_out, &[]);
     let o = cotforge(&["run", reference.to_str().expect("utf8"), "--no-progress"]);
     assert!(o.status.success(), "{}", stderr(&o));
 
     let out = fs.dir.join("out");
-    let job = scripted_job(
-        tmp.path(),
-        "job",
-        &out,
-        &[("[dedup]\nenabled = true\n", &idx)],
-    );
-    shards(&job);
+    let (job, index) = sharded_job_with_index_on(&fs, tmp.path(), &out);
     let filler = fs.fill(24 << 10);
-    let o = cotforge(&["finalize", job.to_str().expect("utf8")]);
+    let o = finalize(&job);
     if let Err(e) = is_disk_full_error(&o, "final/chains.parquet") {
         panic!("{e}");
     }
@@ -232,7 +245,7 @@ fn full_disk_during_finalize() {
     );
 
     std::fs::remove_file(filler).expect("free");
-    let o = cotforge(&["finalize", job.to_str().expect("utf8")]);
+    let o = finalize(&job);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.join("final/done.json").exists() && index.exists());
     for f in ["final/chains.parquet", "final/rejected-dedup.parquet"] {
@@ -359,22 +372,11 @@ fn full_disk_while_saving_the_dedup_index() {
     let Some(fs) = Tmpfs::mount(tmp.path(), "mnt", "8m") else {
         return;
     };
-    let index = fs.dir.join("dedup-index");
-    let idx = format!(
-        "[dedup]\nenabled = true\nindex = {:?}\n",
-        index.display().to_string()
-    );
     let out = tmp.path().join("out");
-    let job = scripted_job(
-        tmp.path(),
-        "job",
-        &out,
-        &[("[dedup]\nenabled = true\n", &idx)],
-    );
-    shards(&job);
+    let (job, index) = sharded_job_with_index_on(&fs, tmp.path(), &out);
     // Room for the index's lock and lease, not for the index.
     let filler = fs.fill(16 << 10);
-    let o = cotforge(&["finalize", job.to_str().expect("utf8")]);
+    let o = finalize(&job);
     if let Err(e) = is_disk_full_error(&o, "mnt/dedup-index: no space") {
         panic!("{e}");
     }
@@ -387,7 +389,7 @@ fn full_disk_while_saving_the_dedup_index() {
     let first = tree(&out.join("final"));
 
     std::fs::remove_file(filler).expect("free");
-    let o = cotforge(&["finalize", job.to_str().expect("utf8")]);
+    let o = finalize(&job);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(index.exists() && out.join("final/done.json").exists());
     let done = tree(&out.join("final"));
@@ -405,10 +407,7 @@ fn full_disk_during_a_journal_flush() {
     let Some(fs) = Tmpfs::mount(tmp.path(), "mnt", "8m") else {
         return;
     };
-    let seeds = tmp.path().join("seeds.parquet");
-    write_seeds(&seeds, &synthetic_seeds(1500));
-    let reference = tmp.path().join("ref");
-    assert!(run(worker(&seeds, &reference, 0, 1)).status.success());
+    let (seeds, reference) = seeds_and_reference(tmp.path());
     let out = fs.dir.join("out");
     let filler = fs.fill(48 << 10);
     let o = run(worker(&seeds, &out, 0, 1));

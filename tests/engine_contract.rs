@@ -418,16 +418,7 @@ mod llama {
     }
 
     fn load_err(path: &std::path::Path) -> String {
-        let cfg = LlamaConfig {
-            model: path.to_path_buf(),
-            n_ctx: 512,
-            n_batch: 64,
-            n_parallel: 1,
-            n_seq_max: 2,
-            threads: 2,
-            ..Default::default()
-        };
-        match LlamaEngine::load(&cfg) {
+        match common::load_tiny(path) {
             Ok(_) => panic!("{} loaded", path.display()),
             Err(e @ EngineError::Model { .. }) => e.to_string(),
             Err(other) => panic!("wrong error kind: {other}"),

@@ -19,7 +19,7 @@ use cotforge::engine::{
 };
 use cotforge::store::parquet_io::read_parquet;
 use cotforge::store::schema::{batch_to_chains, batch_to_rejects};
-use http_support::{start_server, Fault, Proxy};
+use http_support::{http_job_head, start_server, Fault, LocalServer, Proxy};
 
 fn cfg(url: String, model: &Path, retries: u32, timeout_s: f64) -> EngineConfig {
     EngineConfig {
@@ -101,23 +101,12 @@ fn a_hung_server_times_out_and_says_so() {
 /// A marco_cot job over HTTP: 6 seeds, small budgets, the journal flushed per seed.
 fn job(dir: &Path, name: &str, url: &str, model: &Path, retries: u32) -> PathBuf {
     let out = dir.join(format!("out-{name}"));
+    let http = format!(
+        "tokenizer = {:?}\nretries = {retries}\nbackoff_ms = 100\nbackoff_max_ms = 1000\ntimeout_s = 20\n",
+        model.display().to_string()
+    );
     let text = format!(
-        r#"seed = 5
-out = {out:?}
-num_shards = 1
-
-[engine]
-kind = "http"
-n_parallel = 4
-
-[engine.http]
-base_urls = [{url:?}]
-tokenizer = {model:?}
-retries = {retries}
-backoff_ms = 100
-backoff_max_ms = 1000
-timeout_s = 20
-
+        r#"{head}
 [store]
 batch_seeds = 2
 flush_every = 1
@@ -133,10 +122,8 @@ max_tree_tokens = 300
 max_thought_tokens = 120
 answer_max_tokens = 16
 "#,
-        out = out.display().to_string(),
-        model = model.display().to_string(),
-        seeds = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("data/seeds/gsm8k.parquet")
+        head = http_job_head(5, &out, 1, 4, url, &http),
+        seeds = common::repo("data/seeds/gsm8k.parquet")
             .display()
             .to_string(),
     );
@@ -172,6 +159,36 @@ fn wait_for_journal(out: &Path, child: &mut std::process::Child) {
 }
 
 /// Seed ids of the final chains and rejects; panics on a duplicated chain id.
+/// Starts `cotforge run job` and kills `server` once the run's journal under
+/// `out` has grown; returns the running child.
+fn run_until_journal_then_kill(
+    job: &Path,
+    out: &Path,
+    server: &mut LocalServer,
+) -> std::process::Child {
+    let mut child = cotforge()
+        .args(["run", job.to_str().unwrap(), "--no-progress"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_journal(out, &mut child);
+    server.kill();
+    child
+}
+
+/// `what` (a run or rerun) succeeded, its output covers exactly the seeds
+/// `want` and `cotforge verify` passes on it.
+fn assert_complete(o: &std::process::Output, what: &str, out: &Path, want: &BTreeSet<String>) {
+    assert!(
+        o.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(&covered(out), want);
+    verify(out);
+}
+
 fn covered(out: &Path) -> BTreeSet<String> {
     let mut seeds = BTreeSet::new();
     let mut ids = BTreeSet::new();
@@ -234,37 +251,17 @@ fn a_server_killed_mid_run_and_restarted_loses_and_duplicates_nothing() {
     // 1. Killed and back within the retry window: the run completes by itself.
     let j = job(dir.path(), "back", &server.url(), &model, 20);
     let out = dir.path().join("out-back");
-    let mut child = cotforge()
-        .args(["run", j.to_str().unwrap(), "--no-progress"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_journal(&out, &mut child);
-    server.kill();
+    let child = run_until_journal_then_kill(&j, &out, &mut server);
     std::thread::sleep(Duration::from_secs(1));
     server.restart().unwrap();
     let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "run failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(covered(&out), want);
-    verify(&out);
+    assert_complete(&o, "run", &out, &want);
 
     // 2. Gone for longer than the retries: the run stops with a message, the
     //    journal keeps what was done, and a rerun completes the job.
     let j = job(dir.path(), "gone", &server.url(), &model, 1);
     let out = dir.path().join("out-gone");
-    let mut child = cotforge()
-        .args(["run", j.to_str().unwrap(), "--no-progress"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_journal(&out, &mut child);
-    server.kill();
+    let child = run_until_journal_then_kill(&j, &out, &mut server);
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -281,11 +278,5 @@ fn a_server_killed_mid_run_and_restarted_loses_and_duplicates_nothing() {
         .args(["run", j.to_str().unwrap(), "--no-progress"])
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
-        "rerun failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(covered(&out), want);
-    verify(&out);
+    assert_complete(&o, "rerun", &out, &want);
 }

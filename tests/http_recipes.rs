@@ -12,7 +12,7 @@ use std::process::Command;
 use cotforge::store::manifest::Manifest;
 use cotforge::store::parquet_io::read_parquet;
 use cotforge::store::schema::{chains_schema, rejects_schema};
-use http_support::start_server;
+use http_support::{http_job_head, start_server};
 
 fn repo(p: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,54 +38,9 @@ fn marco_cot_and_instruction_run_over_llama_server() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let job = format!(
-        r#"seed = 3
-out = {out:?}
-num_shards = 2
-
-[engine]
-kind = "http"
-n_parallel = 8
-
-[engine.http]
-base_urls = [{url:?}]
-stop = ["</Output>"]
-
-[store]
-batch_seeds = 4
-
-[[recipe]]
-kind = "marco_cot"
-seeds = [{gsm:?}]
-limit = 3
-[recipe.search]
-# SmolLM2 is never right: ship every chain (the default ships verified ones).
-ship = "all"
-max_rollouts = 3
-expand_k = 2
-max_tree_tokens = 400
-max_thought_tokens = 160
-answer_max_tokens = 24
-[[recipe.filters]]
-type = "format"
-[[recipe.filters]]
-type = "reward"
-min_reward = 0.3
-
-[[recipe]]
-kind = "instruction"
-seeds = [{inst:?}]
-limit = 3
-[recipe.instruction]
-n = 2
-max_tokens = 48
-[[recipe.filters]]
-type = "reward"
-min_reward = 0.3
-"#,
-        out = out.display().to_string(),
-        url = server.url(),
-        gsm = repo("data/seeds/gsm8k.parquet"),
-        inst = repo("data/seeds/self_instruct.parquet"),
+        "{}\n[store]\nbatch_seeds = 4\n\n{}",
+        http_job_head(3, &out, 2, 8, &server.url(), "stop = [\"</Output>\"]"),
+        common::small_model_recipes(false),
     );
     let p = dir.path().join("job.toml");
     std::fs::write(&p, job).unwrap();
@@ -97,15 +52,7 @@ min_reward = 0.3
     );
     assert!(o.status.success(), "run failed:\n{text}");
     for recipe in ["marco_cot", "instruction"] {
-        let line = text.lines().find(|l| {
-            l.trim_start().starts_with(recipe)
-                && !l.contains('|')
-                && l.split_whitespace().count() == 3
-        });
-        let accepted: usize = line
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let accepted = common::accepted_rows(&text, recipe);
         assert!(accepted > 0, "{recipe} accepted no rows:\n{text}");
     }
     let v = cotforge(&["verify", out.to_str().unwrap()]);

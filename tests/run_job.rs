@@ -267,66 +267,18 @@ n_ctx = 8192
 [store]
 batch_seeds = 8
 
-[[recipe]]
-kind = "open_o1"
-seeds = [{cot:?}]
-limit = 3
-[[recipe.filters]]
-type = "format"
-[[recipe.filters]]
-type = "reward"
-min_reward = 0.3
-
-[[recipe]]
-kind = "marco_cot"
-seeds = [{gsm:?}]
-limit = 3
-[recipe.search]
-max_rollouts = 3
-expand_k = 2
-max_tree_tokens = 400
-max_thought_tokens = 160
-answer_max_tokens = 24
-# SmolLM2 is wrong on nearly every GSM8K question, and by default only verified
-# chains ship: ship every chain, so this checks the machinery, not accuracy.
-ship = "all"
-[[recipe.filters]]
-type = "format"
-[[recipe.filters]]
-type = "reward"
-min_reward = 0.3
-
-[[recipe]]
-kind = "instruction"
-seeds = [{inst:?}]
-limit = 3
-[recipe.instruction]
-n = 2
-max_tokens = 48
-[[recipe.filters]]
-type = "reward"
-min_reward = 0.3
+{recipes}
 "#,
         out = out.display().to_string(),
         model = model.display().to_string(),
-        cot = repo("data/seeds/cot_demo.parquet"),
-        gsm = repo("data/seeds/gsm8k.parquet"),
-        inst = repo("data/seeds/self_instruct.parquet"),
+        recipes = common::small_model_recipes(true),
     );
     let p = dir.path().join("job.toml");
     std::fs::write(&p, job).unwrap();
     let text = run_ok(&["run", p.to_str().unwrap()]);
     println!("{text}");
     for recipe in ["open_o1", "marco_cot", "instruction"] {
-        let line = text.lines().find(|l| {
-            l.trim_start().starts_with(recipe)
-                && !l.contains('|')
-                && l.split_whitespace().count() == 3
-        });
-        let accepted: usize = line
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let accepted = common::accepted_rows(&text, recipe);
         assert!(accepted > 0, "{recipe} accepted no rows:\n{text}");
     }
     run_ok(&["verify", out.to_str().unwrap()]);

@@ -1,6 +1,8 @@
 //! Property tests of the search invariants over random configs and budgets.
 
-use cotforge::engine::{CoreLimits, Engine, ScriptedConfig, ScriptedEngine};
+mod common;
+
+use cotforge::engine::Engine;
 use cotforge::record::Seed;
 use cotforge::search::{
     default_verifier, run_many, DriverConfig, Granularity, ReflectionPolicy, SearchConfig,
@@ -8,17 +10,7 @@ use cotforge::search::{
 };
 use proptest::prelude::*;
 
-fn engine(n_parallel: usize, n_seq_max: usize) -> ScriptedEngine {
-    ScriptedEngine::scripted(
-        ScriptedConfig::default(),
-        CoreLimits {
-            n_ctx: 1 << 20,
-            n_batch: 1 << 16,
-            n_parallel,
-            n_seq_max,
-        },
-    )
-}
+use common::roomy_scripted as engine;
 
 fn seeds(n: usize) -> Vec<Seed> {
     (0..n)

@@ -1,6 +1,8 @@
 //! Scripted-engine tests of the MCTS: determinism, invariants, KV reuse,
 //! batching, reflection policies.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -11,17 +13,7 @@ use cotforge::search::{
     SearchConfig, SelectRule, TreeResult, TreeSearch,
 };
 
-fn engine(n_parallel: usize, n_seq_max: usize) -> ScriptedEngine {
-    ScriptedEngine::scripted(
-        ScriptedConfig::default(),
-        CoreLimits {
-            n_ctx: 1 << 20,
-            n_batch: 1 << 16,
-            n_parallel,
-            n_seq_max,
-        },
-    )
-}
+use common::roomy_scripted as engine;
 
 fn seeds(n: usize) -> Vec<Seed> {
     (0..n)

@@ -101,3 +101,92 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// The scripted engine (default script) with `n_parallel` × `n_seq_max`
+/// sequences and a context and batch so large that a search never runs out.
+pub fn roomy_scripted(n_parallel: usize, n_seq_max: usize) -> cotforge::engine::ScriptedEngine {
+    scripted_with(cotforge::engine::CoreLimits {
+        n_ctx: 1 << 20,
+        n_batch: 1 << 16,
+        n_parallel,
+        n_seq_max,
+    })
+}
+
+/// The scripted engine with the limits of the scripted test jobs
+/// (`n_ctx` 8192, `n_batch` 1024, 4 parallel, 16 sequences).
+pub fn job_scripted() -> cotforge::engine::ScriptedEngine {
+    scripted_with(cotforge::engine::CoreLimits {
+        n_ctx: 8192,
+        n_batch: 1024,
+        n_parallel: 4,
+        n_seq_max: 16,
+    })
+}
+
+fn scripted_with(limits: cotforge::engine::CoreLimits) -> cotforge::engine::ScriptedEngine {
+    cotforge::engine::ScriptedEngine::scripted(cotforge::engine::ScriptedConfig::default(), limits)
+}
+
+/// Loads `model` with llama.cpp at the smallest settings (512 context, one
+/// sequence pair, 2 threads): for tests of what loading a bad path says.
+#[cfg(feature = "llama")]
+pub fn load_tiny(
+    model: &std::path::Path,
+) -> Result<cotforge::engine::LlamaEngine, cotforge::engine::EngineError> {
+    cotforge::engine::LlamaEngine::load(&cotforge::engine::LlamaConfig {
+        model: model.to_path_buf(),
+        n_ctx: 512,
+        n_batch: 64,
+        n_parallel: 1,
+        n_seq_max: 2,
+        threads: 2,
+        ..Default::default()
+    })
+}
+
+/// The recipe tables of the small-model end-to-end jobs, 3 seeds each from
+/// the committed samples: open_o1 on cot_demo (when `open_o1`), marco_cot on
+/// gsm8k with small budgets, instruction on self_instruct; each keeps chains
+/// of reward 0.3 or more (and open_o1 and marco_cot check the format).
+pub fn small_model_recipes(open_o1: bool) -> String {
+    let table = |kind: &str, seeds: &str, body: &str, format: bool| {
+        let format = if format {
+            "[[recipe.filters]]\ntype = \"format\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "[[recipe]]\nkind = \"{kind}\"\nseeds = [{:?}]\nlimit = 3\n{body}{format}[[recipe.filters]]\ntype = \"reward\"\nmin_reward = 0.3\n\n",
+            repo(seeds).display().to_string()
+        )
+    };
+    let mut text = String::new();
+    if open_o1 {
+        text += &table("open_o1", "data/seeds/cot_demo.parquet", "", true);
+    }
+    // SmolLM2 is wrong on nearly every GSM8K question, and by default only
+    // verified chains ship: ship every chain, so the tests check the
+    // machinery, not accuracy.
+    let search = "[recipe.search]\nship = \"all\"\nmax_rollouts = 3\nexpand_k = 2\nmax_tree_tokens = 400\nmax_thought_tokens = 160\nanswer_max_tokens = 24\n";
+    text += &table("marco_cot", "data/seeds/gsm8k.parquet", search, true);
+    let instruction = "[recipe.instruction]\nn = 2\nmax_tokens = 48\n";
+    text += &table(
+        "instruction",
+        "data/seeds/self_instruct.parquet",
+        instruction,
+        false,
+    );
+    text
+}
+
+/// The accepted rows of `recipe` in the summary table `cotforge run` prints
+/// (the line `<recipe> <accepted> <rejected>`), 0 when it has no such line.
+pub fn accepted_rows(text: &str, recipe: &str) -> usize {
+    let line = text.lines().find(|l| {
+        l.trim_start().starts_with(recipe) && !l.contains('|') && l.split_whitespace().count() == 3
+    });
+    line.and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -274,3 +274,20 @@ fn serve(mut client: TcpStream, upstream: u16, rules: Rules) {
         let _ = u.shutdown(Shutdown::Both);
     }
 }
+
+/// The head of a job on the HTTP engine: `seed`, `out`, `num_shards`,
+/// `[engine]` with `n_parallel`, and `[engine.http]` on `url` with the TOML
+/// lines `http` added.
+pub fn http_job_head(
+    seed: u64,
+    out: &Path,
+    num_shards: u32,
+    n_parallel: usize,
+    url: &str,
+    http: &str,
+) -> String {
+    format!(
+        "seed = {seed}\nout = {:?}\nnum_shards = {num_shards}\n\n[engine]\nkind = \"http\"\nn_parallel = {n_parallel}\n\n[engine.http]\nbase_urls = [{url:?}]\n{http}\n",
+        out.display().to_string()
+    )
+}

@@ -19,7 +19,6 @@ import glob
 import json
 import os
 import re
-import sys
 import tempfile
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -32,6 +31,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 import datasets  # noqa: E402
+from checks import checker  # noqa: E402
 
 META = {"id": pa.string(), "seed_id": pa.string(), "model": pa.string(), "recipe": pa.string(),
         "reward": pa.float64(), "verified": pa.bool_()}
@@ -72,14 +72,7 @@ TREE = {
 }
 
 
-def fail(msg):
-    print(f"check_export: FAIL: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
+fail, check = checker("check_export")
 
 
 def front_matter(path):

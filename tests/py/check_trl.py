@@ -41,17 +41,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import datasets  # noqa: E402
+from checks import checker  # noqa: E402
 from trl.data_utils import is_conversational, maybe_apply_chat_template  # noqa: E402
 
 
-def fail(msg):
-    print(f"check_trl: FAIL: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
+fail, check = checker("check_trl")
 
 
 def gguf_metadata(path, string_arrays=()):
