@@ -28,6 +28,8 @@ THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-3}"
 OUT="${OUT:-$ROOT/target/bench}"
 MODEL="${MODEL:-$ROOT/data/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+# NO_SCORE=1 turns scoring off; unset, empty or 0 keeps it.
+case "${NO_SCORE:-0}" in 0 | "") NO_SCORE="" ;; *) NO_SCORE=1 ;; esac
 mkdir -p "$OUT"
 
 log() { printf '[bench] %s\n' "$*" >&2; }

@@ -9,7 +9,7 @@ use common::play::{play_engine, Script};
 use cotforge::engine::{CoreLimits, Engine, ScriptedConfig, ScriptedEngine};
 use cotforge::record::Seed;
 use cotforge::search::{
-    default_verifier, run_many, run_trees, DriverConfig, Granularity, ReflectionPolicy,
+    default_verifier, run_many, run_trees, DriverConfig, Granularity, NodeId, ReflectionPolicy,
     SearchConfig, SelectRule, TerminalCause, TreeResult, TreeSearch,
 };
 
@@ -170,6 +170,48 @@ fn early_streams_cannot_spend_the_budget_of_later_rollouts() {
         .map(|n| n.id)
         .collect();
     assert!(cut.is_empty(), "thoughts cut by the budget at {cut:?}");
+}
+
+#[test]
+fn a_rollout_may_take_one_whole_chain_while_later_ones_stay_funded() {
+    // 1,600 tokens over 6 rollouts is an equal share of 266, shorter than
+    // one of these chains (about 300): shared equally, every thought of the
+    // first iteration was cut by the budget and answered anyway.
+    let a = "First add the two numbers, then check the sum once more. ".repeat(5);
+    let b = "Count up from the first number by the second, one by one. ".repeat(5);
+    let cfg = SearchConfig {
+        expand_k: 3,
+        max_rollouts: 6,
+        max_tree_tokens: 1600,
+        max_thought_tokens: 320,
+        answer_max_tokens: 8,
+        ..Default::default()
+    };
+    let mut e = play_engine(vec![Script::new(&a, "7"), Script::new(&b, "7")], 1 << 16);
+    let r = &search(&mut e, &cfg, &[seed("w", "Add 3 and 4.", Some("7"))])[0];
+    assert!(r.stats.tokens_sampled <= 1600, "{:?}", r.stats);
+    // The first iteration's streams: from each child of the root, the
+    // first child down to where the stream ended.
+    let node = |id: NodeId| r.tree.nodes.iter().find(|n| n.id == id).unwrap();
+    let root = r.tree.nodes.iter().find(|n| n.parent.is_none()).unwrap();
+    assert_eq!(root.children.len(), 3);
+    for &c in &root.children {
+        let mut n = node(c);
+        while n.terminal.is_none() {
+            n = node(n.children[0]);
+        }
+        assert_ne!(
+            n.terminal,
+            Some(TerminalCause::TokenBudget),
+            "node {:?} was cut",
+            n.id
+        );
+    }
+    assert!(
+        r.stats.rollouts >= 4,
+        "later rollouts unfunded: {:?}",
+        r.stats
+    );
 }
 
 #[test]

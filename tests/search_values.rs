@@ -17,13 +17,17 @@ use cotforge::stages::answer::answer_key;
 use cotforge::stages::filter::FilterChain;
 
 fn engine(n_ctx: usize, n_parallel: usize) -> ScriptedEngine {
+    engine_with_seqs(n_ctx, n_parallel, 48)
+}
+
+fn engine_with_seqs(n_ctx: usize, n_parallel: usize, n_seq_max: usize) -> ScriptedEngine {
     ScriptedEngine::scripted(
         ScriptedConfig::default(),
         CoreLimits {
             n_ctx,
             n_batch: 1 << 16,
             n_parallel,
-            n_seq_max: 48,
+            n_seq_max,
         },
     )
 }
@@ -417,7 +421,7 @@ fn solved_seeds_pass_their_unspent_budget_to_unsolved_ones() {
         Arc::new(|a: &str, r: &str| r.ends_with('3') || (r == "8" && a.starts_with('1')));
     let plain = run_with(&mut engine(1 << 20, 4), cfg(false), rare.clone(), None, &s).unwrap();
     let pooled = run_with(&mut engine(1 << 20, 4), cfg(true), rare.clone(), None, &s).unwrap();
-    let again = run_with(&mut engine(1 << 20, 1), cfg(true), rare, None, &s).unwrap();
+    let again = run_with(&mut engine(1 << 20, 1), cfg(true), rare.clone(), None, &s).unwrap();
     let used =
         |r: &Run| -> Vec<u32> { results(r).iter().map(|t| t.stats.tokens_sampled).collect() };
     let (p, q) = (used(&plain), used(&pooled));
@@ -427,6 +431,27 @@ fn solved_seeds_pass_their_unspent_budget_to_unsolved_ones() {
     // ...while unsolved seeds searched past their own.
     assert!(q.iter().any(|&u| u > budget), "{q:?}");
     assert!(q.iter().sum::<u32>() > p.iter().sum::<u32>());
+    // A tree held for more budget keeps its cached sequences: with room to
+    // spare (cells and sequence ids), its restart evaluates nothing twice
+    // (released, every restarted tree re-evaluated its paths).
+    let roomy = run_with(
+        &mut engine_with_seqs(1 << 20, 4, 512),
+        cfg(true),
+        rare.clone(),
+        None,
+        &s,
+    )
+    .unwrap();
+    assert_eq!(used(&roomy), q);
+    for t in results(&roomy) {
+        assert!(
+            t.stats.engine_tokens_evaluated <= t.stats.distinct_tokens,
+            "{}: evaluated {} of {} distinct",
+            t.seed_id,
+            t.stats.engine_tokens_evaluated,
+            t.stats.distinct_tokens
+        );
+    }
     for (a, b) in results(&pooled).into_iter().zip(results(&again)) {
         assert_eq!(
             a.tree.to_json(),

@@ -184,9 +184,15 @@ impl QualityConfig {
                     .n
                     .or(n)
                     .ok_or_else(|| bad("N is not known yet".into()))?;
-                c.expand_k = n.max(1);
-                c.max_rollouts = n.max(1);
+                let n = n.max(1);
+                c.expand_k = n;
+                c.max_rollouts = n;
                 c.reflection.policy = ReflectionPolicy::Off;
+                // Each sample gets a whole chain's budget, as the greedy chain
+                // does: with the tree's budget split N ways, samples longer
+                // than budget / N were cut and answered from a truncated
+                // thought. Tokens are matched through N, not by truncation.
+                c.max_tree_tokens = n.saturating_mul(c.max_thought_tokens + c.answer_max_tokens);
             }
             ArmKind::Mcts => {}
         }
@@ -1037,6 +1043,11 @@ search = { value = "verifier", reflection = { max_per_chain = 2 } }
         assert_eq!(g.max_tree_tokens, 1200);
         let b = c.arm_search(&c.arms[1], Some(7)).unwrap();
         assert_eq!((b.expand_k, b.max_rollouts), (7, 7));
+        // Every sample may use a whole chain's budget (no split of the tree's).
+        assert_eq!(
+            b.max_tree_tokens,
+            7 * (b.max_thought_tokens + b.answer_max_tokens)
+        );
         assert!(c.arm_search(&c.arms[1], None).is_err());
         let m = c.arm_search(&c.arms[2], None).unwrap();
         assert_eq!(m.reflection.policy, ReflectionPolicy::OnWrong);

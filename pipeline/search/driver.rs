@@ -467,9 +467,17 @@ impl Driver<'_, '_> {
             let starts = tree.poll();
             if starts.is_empty() && tree.is_done() {
                 let hold = tree.config().pool_unspent;
+                let may_restart = tree.wants_more();
                 self.active.remove(i);
                 if hold {
-                    self.release_cache(t)?;
+                    // A tree that may get more budget keeps its cached
+                    // sequences (the LRU drops them if others need the room):
+                    // released, its restart re-evaluated its paths, 1.10x
+                    // evaluated/distinct on the restarted trees of the quality
+                    // bench against 1.00x on the rest.
+                    if !may_restart {
+                        self.release_cache(t)?;
+                    }
                     self.held.push(t);
                 } else {
                     self.finish_tree(t, base, t0, on_done)?;

@@ -503,10 +503,16 @@ impl TreeSearch {
         let rollouts_left = (c.max_rollouts - self.rollouts).min(fundable);
         let per_chain = c.max_thought_tokens + c.answer_max_tokens;
         let cap = per_chain.saturating_mul(c.reflection.max_per_chain + 1);
-        let allot = (remaining / rollouts_left)
-            .min(remaining / n)
-            .min(cap)
-            .max(min_allot);
+        let share = (remaining / rollouts_left).min(remaining / n);
+        // An equal share can be shorter than one unreflected chain (1,600
+        // tokens over 6 rollouts is 266, while the 0.5B model's greedy
+        // chains need 280 on average): such thoughts were cut and answered
+        // anyway. A stream may take one whole chain while what the later
+        // rollouts need on average stays reserved; reflections still live
+        // within the share.
+        let later = rollouts_left.saturating_sub(n);
+        let room = remaining.saturating_sub(later.saturating_mul(need)) / n;
+        let allot = share.max(per_chain.min(room)).min(cap).max(min_allot);
         let base_seed = self.node_seed(x);
         let first_slot = node.children.len() as u64;
         let path: Vec<(NodeId, usize)> = self
