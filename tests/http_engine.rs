@@ -13,7 +13,7 @@ use cotforge::engine::{
     ChatMessage, Engine, EngineConfig, EngineError, EngineKind, HttpConfig, LlamaEngine,
     SamplingParams, SeqId, StepRequest, TokenOut,
 };
-use http_support::{free_port, start_server, Proxy};
+use http_support::{free_port, start_server, start_server_with, Proxy};
 
 fn http_config(urls: Vec<String>, tokenizer: Option<&Path>) -> EngineConfig {
     EngineConfig {
@@ -125,6 +125,8 @@ fn greedy_completions_agree_with_the_native_engine() {
     // Fresh evaluation of every prompt on the server, as in-process.
     let mut cfg = http_config(vec![server.url()], Some(&model));
     cfg.http.cache_prompt = false;
+    // One slot: nothing to pin.
+    cfg.http.pin_slots = false;
     let mut http = HttpEngine::connect(&cfg).unwrap();
     let prompts: Vec<Vec<i32>> = questions(20)
         .iter()
@@ -334,4 +336,58 @@ fn a_request_the_server_refuses_fails_only_its_sequence() {
     assert_eq!(e.tokens(b).unwrap().len(), prompt.len() + 5);
     // 4xx is not retried.
     assert_eq!(proxy.injected.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// Sequences edited mid-stream (their streams cancelled) continue on the
+/// slot that holds their prefix (`pin_slots`): the server reuses it. Left to
+/// itself llama-server skips a slot still closing a cancelled stream and
+/// evaluates the whole path again on another.
+#[test]
+fn an_edited_sequence_continues_on_the_slot_holding_its_prefix() {
+    let Some(model) = common::model_path() else {
+        return;
+    };
+    // Idle slots keep their KV (by default llama-server saves them to its RAM
+    // cache and clears them at every new task).
+    let server = start_server_with(&model, 4, &["--no-cache-idle-slots"]);
+    let mut e = HttpEngine::connect(&http_config(vec![server.url()], Some(&model))).unwrap();
+    let seqs: Vec<SeqId> = questions(4)
+        .iter()
+        .map(|q| {
+            let s = e.new_sequence().unwrap();
+            let t = e.tokenize(q, true).unwrap();
+            e.append(s, &t).unwrap();
+            s
+        })
+        .collect();
+    let reqs: Vec<StepRequest> = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, &seq)| StepRequest {
+            seq,
+            sampling: SamplingParams::new(0.8, 0.95, i as u64),
+        })
+        .collect();
+    for _ in 0..8 {
+        e.step(&reqs).unwrap();
+    }
+    let before = e.http_stats();
+    let tail = e.tokenize_plain("\nSo").unwrap();
+    let mut kept = 0u64;
+    for &s in &seqs {
+        let len = e.tokens(s).unwrap().len() - 4;
+        e.truncate(s, len).unwrap();
+        e.append(s, &tail).unwrap();
+        kept += len as u64;
+    }
+    for _ in 0..4 {
+        e.step(&reqs).unwrap();
+    }
+    let after = e.http_stats();
+    let cached = after.prompt_tokens_cached - before.prompt_tokens_cached;
+    assert!(
+        cached >= kept,
+        "the server reused {cached} prompt tokens of the {kept} the edited sequences kept"
+    );
+    assert!(after.cancelled >= before.cancelled + 4);
 }

@@ -119,6 +119,16 @@ pub struct HttpBenchReport {
     pub summary: Vec<VariantSummary>,
 }
 
+/// llama-server's arguments beyond model, threads, slots and context: idle
+/// slots keep their KV (by default the server saves them to its RAM cache and
+/// clears them at every new task, which undoes the HTTP engine's slot
+/// pinning), then the caller's.
+fn server_args(cfg: &HttpBenchConfig) -> Vec<String> {
+    let mut v = vec!["--no-cache-idle-slots".to_string()];
+    v.extend(cfg.server_args.iter().cloned());
+    v
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -167,7 +177,7 @@ pub fn run_variant(
                     threads: ecfg.threads(),
                     slots: cfg.slots,
                     n_ctx: ecfg.n_ctx,
-                    extra: cfg.server_args.clone(),
+                    extra: server_args(cfg),
                 },
             )?;
             let hcfg = EngineConfig {
@@ -275,7 +285,7 @@ pub fn run(
         slots: cfg.slots,
         rounds: cfg.rounds,
         chunk_tokens: cfg.http.chunk_tokens,
-        server_args: cfg.server_args.clone(),
+        server_args: server_args(cfg),
         runs,
         summary,
     })

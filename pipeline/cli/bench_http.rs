@@ -54,7 +54,8 @@ pub struct HttpBenchArgs {
     /// Which clients to run.
     #[arg(long, value_delimiter = ',', default_value = "native,http,naive")]
     pub variants: Vec<String>,
-    /// An extra llama-server argument (repeat), e.g. --server-arg=--no-cache-idle-slots.
+    /// An extra llama-server argument (repeat), e.g. --server-arg=--cache-reuse --server-arg=256
+    /// (--no-cache-idle-slots is always given).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
     #[arg(long)]

@@ -216,6 +216,12 @@ pub struct HttpConfig {
     /// another shape, so greedy outputs can differ from a fresh evaluation in
     /// near-ties; `false` re-evaluates every prompt: reproducible, slower.
     pub cache_prompt: bool,
+    /// llama-server: send each request to the slot (`id_slot`) whose KV holds
+    /// the longest prefix of its prompt, as mirrored by this client; the
+    /// server's own choice skips a slot still closing a cancelled stream and
+    /// re-evaluates the whole path elsewhere. Assumes this client is the
+    /// server's only one: set `false` when several share a server.
+    pub pin_slots: bool,
     /// Strings after which the server may stop a chunk early: a saving only
     /// (the caller still decides where a sequence ends; a stopped sequence
     /// that is stepped again continues with a new request).
@@ -237,6 +243,7 @@ impl Default for HttpConfig {
             tokenizer: None,
             chunk_tokens: 64,
             cache_prompt: true,
+            pin_slots: true,
             stop: Vec::new(),
         }
     }

@@ -68,6 +68,9 @@ pub struct LlamaExtras {
     pub timings_per_token: bool,
     /// No SSE comment pings: a silent stream is a hung server.
     pub sse_ping_interval: i32,
+    /// The slot to run on (`None`: the server's choice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_slot: Option<usize>,
 }
 
 impl Default for LlamaExtras {
@@ -81,6 +84,7 @@ impl Default for LlamaExtras {
             samplers: ["temperature", "top_p"],
             timings_per_token: true,
             sse_ping_interval: -1,
+            id_slot: None,
         }
     }
 }

@@ -15,10 +15,13 @@
 //!
 //! Server-side reuse: a tree's sequences all go to one server (a fork keeps
 //! its parent's, a fresh sequence follows the live sequence it shares most of
-//! its tokens with), and sequences that need a request at the same step with
-//! identical tokens and sampling (a node's K children) are sent as *one*
-//! request with `n = K`, so llama-server evaluates the shared prefix once and
-//! shares its KV cells between the K slots, as a fork does in-process.
+//! its tokens with). On llama-server the client mirrors what each slot holds
+//! and pins every request (`id_slot`) to the free slot sharing the longest
+//! prefix with its prompt: the server's own choice skips a slot still closing
+//! a cancelled stream and evaluates the whole path again elsewhere. Other
+//! servers get the sequences that need a request at the same step with
+//! identical tokens and sampling (a node's K children) as *one* request with
+//! `n = K`, so the shared prefix is evaluated once.
 //!
 //! Confidence: from the returned top-5 log-probabilities with the native
 //! engine's own [`confidence`] (a log-probability is the logit minus a
@@ -110,6 +113,22 @@ struct Server {
     capacity: usize,
     in_flight: usize,
     up: bool,
+    /// llama-server's slots as this client last left them (empty: requests
+    /// are not pinned, see [`HttpConfig::pin_slots`]).
+    slots: Vec<SlotMirror>,
+}
+
+/// What one llama-server slot holds, as far as this client knows: a prefix
+/// of its KV (the prompt sent plus the tokens received; the server may hold
+/// more) and the generation running on it.
+#[derive(Debug, Clone, Default)]
+struct SlotMirror {
+    tokens: Vec<Token>,
+    gen: Option<u64>,
+    /// When it was last given a generation (the generation counter).
+    last_use: u64,
+    /// A withheld token broke the mirror: later tokens are not appended.
+    frozen: bool,
 }
 
 /// One sequence as the client holds it.
@@ -160,6 +179,8 @@ struct Child {
 
 struct Gen {
     server: usize,
+    /// The slot it was pinned to.
+    slot: Option<usize>,
     cancel: Arc<AtomicBool>,
     children: Vec<Child>,
     params: (f32, f32),
@@ -311,6 +332,7 @@ impl HttpEngine {
                 Flavor::OpenAi
             };
             let mut capacity = h.max_in_flight;
+            let mut n_slots = 0;
             let mut ctx = info
                 .max_model_len
                 .or(info.meta.as_ref().and_then(|m| m.n_ctx));
@@ -327,6 +349,9 @@ impl HttpEngine {
                 let props: api::Props = startup_get(&ep, "/props")
                     .map_err(|e| server_err(&url, format!("/props: {}", probe_advice(&e))))?;
                 if let Some(slots) = props.total_slots {
+                    if h.pin_slots {
+                        n_slots = slots;
+                    }
                     if slots < capacity {
                         tracing::warn!(%url, slots, max_in_flight = capacity, "llama-server has fewer slots than max_in_flight; using its slot count");
                         capacity = slots;
@@ -345,6 +370,7 @@ impl HttpEngine {
                 capacity: capacity.max(1),
                 in_flight: 0,
                 up: true,
+                slots: vec![SlotMirror::default(); n_slots],
             });
         }
         let model = model.unwrap_or_default();
@@ -538,6 +564,10 @@ impl HttpEngine {
                     && !gen.cancel.swap(true, Ordering::Relaxed)
                 {
                     self.hstats.cancelled += 1;
+                    // The server frees the slot as soon as it sees the
+                    // stream closed; a request pinned to it waits that long.
+                    let (k, slot) = (gen.server, gen.slot);
+                    self.free_slot(k, slot, g);
                 }
             }
         }
@@ -585,6 +615,38 @@ impl HttpEngine {
         Ok(k)
     }
 
+    /// The slot of server `k` to pin a request for `prompt` to: among those
+    /// running nothing, the one whose KV shares the longest prefix with it,
+    /// then the one with the least to lose beyond that prefix, then the
+    /// least recently used. None when every slot runs a generation (the
+    /// server then queues the request for the first slot to free up).
+    fn pick_slot(&self, k: usize, prompt: &[Token]) -> Option<usize> {
+        self.servers[k]
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.gen.is_none())
+            .max_by_key(|(j, m)| {
+                let l = lcp(&m.tokens, prompt);
+                (
+                    l,
+                    std::cmp::Reverse(m.tokens.len() - l),
+                    std::cmp::Reverse(m.last_use),
+                    std::cmp::Reverse(*j),
+                )
+            })
+            .map(|(j, _)| j)
+    }
+
+    /// Mark slot `slot` of server `k` free if generation `g` still holds it.
+    fn free_slot(&mut self, k: usize, slot: Option<usize>, g: u64) {
+        if let Some(m) = slot.and_then(|j| self.servers[k].slots.get_mut(j)) {
+            if m.gen == Some(g) {
+                m.gen = None;
+            }
+        }
+    }
+
     fn down_list(&self) -> String {
         self.servers
             .iter()
@@ -620,6 +682,17 @@ impl HttpEngine {
         let max_tokens = self.cfg.chunk_tokens.min(self.n_ctx - prompt.len());
         let g = self.next_gen;
         self.next_gen += 1;
+        let slot = if members.len() == 1 && !self.naive {
+            self.pick_slot(server, &prompt)
+        } else {
+            None
+        };
+        if let Some(m) = slot.and_then(|j| self.servers[server].slots.get_mut(j)) {
+            m.tokens.clone_from(&prompt);
+            m.gen = Some(g);
+            m.last_use = g;
+            m.frozen = false;
+        }
         let cancel = Arc::new(AtomicBool::new(false));
         let srv = &mut self.servers[server];
         srv.in_flight += members.len();
@@ -646,6 +719,7 @@ impl HttpEngine {
             g,
             Gen {
                 server,
+                slot,
                 cancel: cancel.clone(),
                 children,
                 params: key,
@@ -669,6 +743,7 @@ impl HttpEngine {
             params,
             stop: self.cfg.stop.clone(),
             cache_prompt: self.cfg.cache_prompt && !self.naive,
+            id_slot: slot,
             gen: g,
             tx: self.tx.clone(),
             cancel,
@@ -714,6 +789,18 @@ impl HttpEngine {
                 };
                 c.received += 1;
                 let received = c.received;
+                let withheld = predicted_n.is_some_and(|p| p > received as i64);
+                if let Some(m) = gen
+                    .slot
+                    .and_then(|j| self.servers[gen.server].slots.get_mut(j))
+                {
+                    if m.gen == Some(ev.gen) {
+                        m.frozen |= withheld;
+                        if !m.frozen {
+                            m.tokens.push(tok.token);
+                        }
+                    }
+                }
                 let Some(id) = c.seq else {
                     self.hstats.tokens_discarded += 1;
                     return;
@@ -721,7 +808,7 @@ impl HttpEngine {
                 // llama-server withholds a token that ends inside a UTF-8
                 // character (it sends no log-probabilities for it): its count
                 // of generated tokens runs ahead of ours. Keep what came before.
-                if predicted_n.is_some_and(|p| p > received as i64) {
+                if withheld {
                     self.hstats.tokens_discarded += 1;
                     let greedy = gen.params.0 <= 0.0;
                     self.detach_keep(id);
@@ -780,6 +867,7 @@ impl HttpEngine {
                 };
                 let srv = &mut self.servers[gen.server];
                 srv.in_flight = srv.in_flight.saturating_sub(gen.children.len());
+                self.free_slot(gen.server, gen.slot, ev.gen);
                 let err = res.err();
                 for c in &gen.children {
                     let Some(id) = c.seq else { continue };
@@ -874,6 +962,8 @@ impl HttpEngine {
             if !s.up && s.ep.get_once::<api::ModelList>("/v1/models").is_ok() {
                 tracing::warn!(url = %s.ep.url, "server is back");
                 s.up = true;
+                // A restarted server's slots are empty.
+                s.slots.fill(SlotMirror::default());
                 any = true;
             }
         }
@@ -923,8 +1013,12 @@ impl HttpEngine {
                 groups.push((k, vec![(id, p)]));
                 continue;
             }
+            // A pinned server gets one request per sequence: the children of
+            // an `n > 1` request land on slots the server picks, which would
+            // overwrite what the mirror says they hold.
+            let pinned = !self.servers[k].slots.is_empty();
             let found = groups.iter_mut().find(|(gk, m)| {
-                *gk == k && {
+                *gk == k && !pinned && {
                     let o = &self.seqs[&m[0].0];
                     let (a, b) = (&m[0].1, &p);
                     a.temperature == b.temperature
@@ -999,6 +1093,7 @@ struct Job {
     seed: u32,
     stop: Vec<String>,
     cache_prompt: bool,
+    id_slot: Option<usize>,
     gen: u64,
     tx: Sender<Event>,
     cancel: Arc<AtomicBool>,
@@ -1041,6 +1136,7 @@ impl Job {
             return_tokens_as_token_ids: (!llama).then_some(true),
             llama: llama.then(|| api::LlamaExtras {
                 cache_prompt: self.cache_prompt,
+                id_slot: self.id_slot,
                 ..Default::default()
             }),
         };
